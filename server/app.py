@@ -1,0 +1,96 @@
+"""create_app(): the ASGI application and the lifespan that wires storage and rooms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from server import __version__
+from server.persistence import migrate
+from server.persistence.sql import SqlStore, create_engine
+from server.persistence.writer import Writer
+from server.rooms.registry import Registry
+from server.rooms.session import SyncEndpoint
+from server.settings import Settings
+
+log = logging.getLogger("tandem")
+
+
+class SchemaOutOfDate(RuntimeError):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def lifespan_for(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    engine = create_engine(settings.database_url)
+    if settings.is_sqlite:
+        await migrate.upgrade(engine)
+    elif await migrate.current(engine) != migrate.head():
+        await engine.dispose()
+        raise SchemaOutOfDate("the database schema is not current: run `tandem db upgrade`")
+    store = SqlStore(engine)
+    writer = Writer(
+        store,
+        delay=settings.commit_delay_ms / 1000,
+        compact_after_updates=settings.compact_after_updates,
+        compact_after_bytes=settings.compact_after_bytes,
+    )
+    registry = Registry(store, writer, grace=settings.room_grace_seconds)
+    commit_loop = asyncio.get_running_loop().create_task(writer.run())
+    log.info("tandem %s ready; database %s", __version__, engine.url.render_as_string())
+    try:
+        yield {"settings": settings, "store": store, "writer": writer, "registry": registry}
+    finally:
+        await registry.close()
+        await writer.close()
+        commit_loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await commit_loop
+        await store.close()
+        log.info("tandem stopped; every update committed: %s", writer.pending() == 0)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await asyncio.wait_for(request.state.store.ping(), timeout=2.0)
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "database": str(exc)[:200]}, 503)
+    writer: Writer = request.state.writer
+    return JSONResponse(
+        {
+            "status": "ok",
+            "rooms": len(request.state.registry.rooms),
+            "pending_updates": writer.pending(),
+            "persistence": "ok" if writer.healthy else "retrying",
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            WebSocketRoute("/ws/{doc_id:path}", SyncEndpoint()),
+        ],
+        lifespan=lambda app: lifespan_for(settings),
+    )

@@ -1,0 +1,38 @@
+"""Logging set-up, and a filter that keeps access tokens out of every log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    return _TOKEN.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs request paths with their query string; strip token values from them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def configure(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    install_redaction()
+
+
+def install_redaction() -> None:
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn", "tandem"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())

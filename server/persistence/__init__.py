@@ -1,0 +1,1 @@
+"""Durable storage: the update log, snapshots and the group-commit writer."""

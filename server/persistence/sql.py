@@ -1,0 +1,182 @@
+"""SqlStore: the Store over SQLAlchemy's async engine (SQLite with WAL, or PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, insert, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from server.persistence.store import CompactionConflict, StoredDoc, UpdateRecord
+from server.persistence.tables import documents, snapshots, updates
+
+# Automatic snapshots kept per document besides the base; named versions are never pruned.
+KEEP_AUTO_SNAPSHOTS = 10
+_DELETE_CHUNK = 500
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; for SQLite the file's folder is created and WAL mode is switched on."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the writer; NORMAL keeps every commit across an
+    # application crash (only a power cut can roll back the newest commits).
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _upsert_documents(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(documents)
+    return stmt.on_conflict_do_update(
+        index_elements=[documents.c.id], set_={"updated_at": stmt.excluded.updated_at}
+    )
+
+
+class SqlStore:
+    """Documents as an append-only update log plus snapshots, in one SQL database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._upsert = _upsert_documents(engine.dialect.name)
+
+    async def load(self, doc_id: str) -> StoredDoc:
+        async with self.engine.connect() as conn:
+            # Update rows first, then the snapshot: a compaction that lands in between only
+            # adds a snapshot holding rows we already read (a harmless duplicate), never a gap.
+            rows = (
+                await conn.execute(
+                    select(updates.c.seq, updates.c.data)
+                    .where(updates.c.doc_id == doc_id)
+                    .order_by(updates.c.seq)
+                )
+            ).all()
+            base = (
+                await conn.execute(
+                    select(snapshots.c.id, snapshots.c.state)
+                    .select_from(documents.join(snapshots, snapshots.c.id == documents.c.snapshot_id))
+                    .where(documents.c.id == doc_id)
+                )
+            ).first()
+        return StoredDoc(
+            snapshot_id=base.id if base else None,
+            snapshot=bytes(base.state) if base else None,
+            seqs=[row.seq for row in rows],
+            updates=[bytes(row.data) for row in rows],
+        )
+
+    async def append(self, records: Sequence[UpdateRecord]) -> None:
+        if not records:
+            return
+        stamp = now()
+        # Sorted, so concurrent writers lock document rows in the same order.
+        doc_ids = sorted({r.doc_id for r in records})
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                self._upsert,
+                [{"id": d, "created_at": stamp, "updated_at": stamp} for d in doc_ids],
+            )
+            await conn.execute(
+                insert(updates),
+                [
+                    {
+                        "doc_id": r.doc_id,
+                        "data": r.data,
+                        "origin": r.origin,
+                        "author": r.author,
+                        "created_at": stamp,
+                    }
+                    for r in records
+                ],
+            )
+
+    async def replace(
+        self,
+        doc_id: str,
+        base_snapshot_id: int | None,
+        state: bytes,
+        state_vector: bytes,
+        merged_seqs: Sequence[int],
+    ) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(snapshots).values(
+                    doc_id=doc_id,
+                    upto_seq=max(merged_seqs, default=0),
+                    state=state,
+                    state_vector=state_vector,
+                    kind="auto",
+                    created_at=now(),
+                )
+            )
+            new_id = result.inserted_primary_key[0]  # type: ignore[index]
+            base = (
+                documents.c.snapshot_id.is_(None)
+                if base_snapshot_id is None
+                else documents.c.snapshot_id == base_snapshot_id
+            )
+            moved = await conn.execute(
+                update(documents)
+                .where(documents.c.id == doc_id, base)
+                .values(snapshot_id=new_id)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise CompactionConflict(doc_id)  # leaving the block rolls back
+            seqs = list(merged_seqs)
+            for i in range(0, len(seqs), _DELETE_CHUNK):
+                await conn.execute(
+                    delete(updates).where(
+                        updates.c.doc_id == doc_id, updates.c.seq.in_(seqs[i : i + _DELETE_CHUNK])
+                    )
+                )
+            await _prune_auto_snapshots(conn, doc_id, int(new_id))
+        return int(new_id)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def _prune_auto_snapshots(conn: AsyncConnection, doc_id: str, base_id: int) -> None:
+    keep = (
+        select(snapshots.c.id)
+        .where(snapshots.c.doc_id == doc_id, snapshots.c.kind == "auto")
+        .order_by(snapshots.c.id.desc())
+        .limit(KEEP_AUTO_SNAPSHOTS)
+    )
+    kept = {row.id for row in (await conn.execute(keep)).all()} | {base_id}
+    await conn.execute(
+        delete(snapshots).where(
+            snapshots.c.doc_id == doc_id,
+            snapshots.c.kind == "auto",
+            snapshots.c.id.not_in(kept),
+        )
+    )

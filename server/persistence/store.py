@@ -1,0 +1,76 @@
+"""The Store interface, the records it speaks in, and `open_store(url)`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from pycrdt import merge_updates
+
+
+class UpdateRecord(NamedTuple):
+    """One row for the update log."""
+
+    doc_id: str
+    data: bytes
+    origin: str
+    author: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    """A document as stored: its base snapshot plus every update row not merged into it."""
+
+    snapshot_id: int | None = None
+    snapshot: bytes | None = None
+    seqs: list[int] = field(default_factory=list)
+    updates: list[bytes] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.snapshot is None and not self.updates
+
+    def merged(self) -> bytes:
+        """The whole stored state as one update (pending structs included)."""
+        parts = ([self.snapshot] if self.snapshot is not None else []) + self.updates
+        if not parts:
+            return b""
+        if len(parts) == 1:
+            return parts[0]
+        return bytes(merge_updates(*parts))
+
+
+class CompactionConflict(Exception):
+    """Another compaction replaced the base snapshot first; nothing was written."""
+
+
+class Store(Protocol):
+    async def load(self, doc_id: str) -> StoredDoc:
+        """The stored state of `doc_id` (empty if unknown). Raises on a storage failure."""
+        ...
+
+    async def append(self, records: Sequence[UpdateRecord]) -> None:
+        """Durably append all records in one transaction."""
+        ...
+
+    async def replace(
+        self,
+        doc_id: str,
+        base_snapshot_id: int | None,
+        state: bytes,
+        state_vector: bytes,
+        merged_seqs: Sequence[int],
+    ) -> int:
+        """Atomically make `state` the base snapshot and delete exactly `merged_seqs`.
+
+        Raises CompactionConflict if the base snapshot is no longer `base_snapshot_id`.
+        Returns the new snapshot's id.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Raise unless the database answers."""
+        ...
+
+    async def close(self) -> None: ...

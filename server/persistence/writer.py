@@ -1,0 +1,160 @@
+"""Writer: write-behind group commit of effective updates, and the compaction trigger.
+
+Rooms hand every effective update to `add`, which never blocks. One task commits what has
+gathered every `delay` seconds in a single transaction; updates of one document from one
+origin are merged into one row first. A failed commit keeps the batch and retries with
+backoff, and `flush(doc_id)` only returns once that document's updates are committed, so a
+room is never unloaded with unsaved changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from pycrdt import merge_updates
+
+from server import metrics
+from server.persistence.compaction import compact
+from server.origin import Origin
+from server.persistence.store import Store, UpdateRecord
+
+log = logging.getLogger("tandem.persistence")
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        delay: float = 0.02,
+        max_batch: int = 5000,
+        compact_after_updates: int = 500,
+        compact_after_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.delay = delay
+        self.max_batch = max_batch
+        self.compact_after_updates = compact_after_updates
+        self.compact_after_bytes = compact_after_bytes
+        self._queue: list[UpdateRecord] = []
+        self._pending: dict[str, int] = defaultdict(int)
+        self._wake = asyncio.Event()
+        self._committed = asyncio.Condition()
+        # Rows and bytes stored per document since its last snapshot: the compaction trigger.
+        self._backlog: dict[str, list[int]] = {}
+        self._compacting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.healthy = True
+
+    def add(self, doc_id: str, update: bytes, origin: Origin) -> None:
+        self._queue.append(UpdateRecord(doc_id, update, origin.source, origin.author))
+        self._pending[doc_id] += 1
+        self._wake.set()
+
+    def track(self, doc_id: str, rows: int, size: int) -> None:
+        """Seed the compaction trigger with what a load found in the store."""
+        self._backlog[doc_id] = [rows, size]
+        self._maybe_compact(doc_id)
+
+    def forget(self, doc_id: str) -> None:
+        self._backlog.pop(doc_id, None)
+
+    def pending(self, doc_id: str | None = None) -> int:
+        return len(self._queue) if doc_id is None else self._pending.get(doc_id, 0)
+
+    async def flush(self, doc_id: str | None = None, timeout: float | None = None) -> None:
+        """Wait until the updates of `doc_id` (or all) queued so far are committed."""
+        async with asyncio.timeout(timeout), self._committed:
+            await self._committed.wait_for(lambda: self.pending(doc_id) == 0)
+
+    async def run(self) -> None:
+        """The commit loop; runs until cancelled."""
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.delay)  # the group-commit window
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            if not self._queue:
+                self._wake.clear()
+            metrics.PERSIST_PENDING.set(len(self._queue) + len(batch))
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[UpdateRecord]) -> None:
+        rows = coalesce(batch)
+        backoff = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                await self.store.append(rows)
+            except Exception as exc:  # any storage failure: keep the batch and retry
+                self.healthy = False
+                metrics.PERSIST_FAILURES.inc()
+                log.warning("commit of %d updates failed, retrying: %s", len(batch), exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            break
+        self.healthy = True
+        metrics.PERSIST_SECONDS.observe(time.perf_counter() - started)
+        metrics.PERSIST_BATCH_UPDATES.observe(len(batch))
+        metrics.PERSIST_PENDING.set(len(self._queue))
+        for record in batch:
+            left = self._pending[record.doc_id] - 1
+            if left:
+                self._pending[record.doc_id] = left
+            else:
+                del self._pending[record.doc_id]
+        for row in rows:
+            backlog = self._backlog.get(row.doc_id)
+            if backlog is not None:
+                backlog[0] += 1
+                backlog[1] += len(row.data)
+                self._maybe_compact(row.doc_id)
+        async with self._committed:
+            self._committed.notify_all()
+
+    def _maybe_compact(self, doc_id: str) -> None:
+        rows, size = self._backlog[doc_id]
+        if doc_id in self._compacting:
+            return
+        if rows < self.compact_after_updates and size < self.compact_after_bytes:
+            return
+        self._compacting.add(doc_id)
+        task = asyncio.get_running_loop().create_task(self._compact(doc_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _compact(self, doc_id: str) -> None:
+        try:
+            result = await compact(self.store, doc_id)
+            backlog = self._backlog.get(doc_id)
+            if result is not None and backlog is not None:
+                backlog[0] = max(0, backlog[0] - result.merged_rows)
+                backlog[1] = 0
+        except Exception:
+            log.exception("compaction of %s failed; the update rows stay", doc_id)
+        finally:
+            self._compacting.discard(doc_id)
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Commit everything queued, then wait for running compactions."""
+        try:
+            await self.flush(timeout=timeout)
+        except TimeoutError:
+            log.error("shutdown: %d updates could not be committed", len(self._queue))
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
+
+
+def coalesce(batch: list[UpdateRecord]) -> list[UpdateRecord]:
+    """Merge the updates of each (document, origin, author) in a batch into one row."""
+    groups: dict[tuple[str, str, str | None], list[bytes]] = {}
+    for record in batch:
+        groups.setdefault((record.doc_id, record.origin, record.author), []).append(record.data)
+    return [
+        UpdateRecord(doc_id, data[0] if len(data) == 1 else bytes(merge_updates(*data)), origin, author)
+        for (doc_id, origin, author), data in groups.items()
+    ]

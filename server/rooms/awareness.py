@@ -1,0 +1,70 @@
+"""Presence (awareness) states of a room's clients, owned per connection."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.protocol import (
+    AwarenessEntry,
+    ProtocolError,
+    decode_awareness_update,
+    encode_awareness_update,
+)
+
+if TYPE_CHECKING:
+    from server.rooms.peer import Peer
+
+MAX_CLIENT_IDS_PER_PEER = 8
+
+
+class Awareness:
+    """The latest awareness state of each client id, and which connection owns it.
+
+    A connection may only speak for the client ids it introduced; entries for ids owned by
+    another live connection are dropped, so nobody can erase or impersonate someone else.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[int, tuple[int, str]] = {}
+        self.owners: dict[int, Peer] = {}
+
+    def apply(self, payload: bytes, peer: Peer) -> bytes | None:
+        """Apply an update from `peer`; return the payload to relay (None: nothing to relay)."""
+        entries = decode_awareness_update(payload)
+        kept: list[AwarenessEntry] = []
+        for entry in entries:
+            owner = self.owners.get(entry.client_id)
+            if owner is not None and owner is not peer:
+                continue
+            if owner is None:
+                if len(peer.client_ids) >= MAX_CLIENT_IDS_PER_PEER:
+                    raise ProtocolError("too many awareness client ids on one connection")
+                self.owners[entry.client_id] = peer
+                peer.client_ids.add(entry.client_id)
+            kept.append(entry)
+            if entry.state == "null":
+                self.states.pop(entry.client_id, None)
+            else:
+                self.states[entry.client_id] = (entry.clock, entry.state)
+        if not kept:
+            return None
+        return payload if len(kept) == len(entries) else encode_awareness_update(kept)
+
+    def remove(self, peer: Peer) -> bytes | None:
+        """Forget `peer`'s clients; return the update that tells everyone they left."""
+        gone = []
+        for client_id in peer.client_ids:
+            if self.owners.get(client_id) is peer:
+                del self.owners[client_id]
+                clock = self.states.pop(client_id, (0, ""))[0]
+                gone.append(AwarenessEntry(client_id, clock + 1, "null"))
+        peer.client_ids.clear()
+        return encode_awareness_update(gone) if gone else None
+
+    def snapshot(self) -> bytes | None:
+        """All known states, for a client that joins or asks."""
+        if not self.states:
+            return None
+        return encode_awareness_update(
+            [AwarenessEntry(cid, clock, state) for cid, (clock, state) in self.states.items()]
+        )

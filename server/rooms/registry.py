@@ -1,0 +1,138 @@
+"""Registry: the live rooms of this process; single-flight loading and graceful unloading."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from server import metrics
+from server.persistence.writer import Writer
+from server.persistence.store import Store
+from server.rooms.room import Room
+
+log = logging.getLogger("tandem.rooms")
+
+_BIG_STATE = 256 * 1024  # merge stored rows in a worker thread above this size
+
+
+class LoadFailed(Exception):
+    """The document could not be loaded; nothing was written and no room was created."""
+
+
+class Registry:
+    """Maps document ids to rooms.
+
+    Every client that asks for a room while it loads awaits the same load, and nobody gets a
+    room before its stored state is in it. A room whose last client left is unloaded after
+    `grace` seconds, and only once the writer has committed all its updates; if storage is
+    down the room stays in memory and the unload is retried.
+    """
+
+    def __init__(self, store: Store, writer: Writer, *, grace: float = 10.0) -> None:
+        self.store = store
+        self.writer = writer
+        self.grace = grace
+        self.rooms: dict[str, Room] = {}
+        self._loads: dict[str, asyncio.Task[Room]] = {}
+        self._refs: dict[str, int] = defaultdict(int)
+        self._unloads: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def acquire(self, doc_id: str) -> Room:
+        """The loaded room for `doc_id`; pair every successful call with `release`."""
+        self._refs[doc_id] += 1
+        self._cancel_unload(doc_id)
+        room = self.rooms.get(doc_id)
+        if room is not None:
+            return room
+        load = self._loads.get(doc_id)
+        if load is None:
+            load = asyncio.get_running_loop().create_task(self._load(doc_id))
+            self._loads[doc_id] = load
+        try:
+            # Shielded: a client that gives up does not cancel the load others wait for.
+            return await asyncio.shield(load)
+        except BaseException:
+            self.release(doc_id)
+            raise
+
+    async def _load(self, doc_id: str) -> Room:
+        started = time.perf_counter()
+        try:
+            stored = await self.store.load(doc_id)
+            if sum(map(len, stored.updates)) > _BIG_STATE:
+                state = await asyncio.to_thread(stored.merged)
+            else:
+                state = stored.merged()
+            room = Room(doc_id, self.writer.add)
+            try:
+                room.load(state)
+            except BaseException as exc:
+                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                    raise
+                raise LoadFailed(f"stored state of {doc_id} does not decode: {exc}") from exc
+        except Exception as exc:
+            metrics.LOAD_FAILURES.inc()
+            log.error("load of %s failed: %s", doc_id, exc)
+            raise LoadFailed(str(exc)) from exc
+        finally:
+            self._loads.pop(doc_id, None)
+        self.rooms[doc_id] = room
+        self.writer.track(doc_id, len(stored.updates), sum(map(len, stored.updates)))
+        metrics.ROOMS.set(len(self.rooms))
+        metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
+        if not self._refs.get(doc_id):
+            self._schedule_unload(doc_id)  # everyone who asked has gone meanwhile
+        return room
+
+    def release(self, doc_id: str) -> None:
+        left = self._refs[doc_id] - 1
+        if left > 0:
+            self._refs[doc_id] = left
+            return
+        self._refs.pop(doc_id, None)
+        if doc_id in self.rooms:
+            self._schedule_unload(doc_id)
+
+    def _schedule_unload(self, doc_id: str, delay: float | None = None) -> None:
+        self._cancel_unload(doc_id)
+        loop = asyncio.get_running_loop()
+        self._unloads[doc_id] = loop.call_later(
+            self.grace if delay is None else delay, self._start_unload, doc_id
+        )
+
+    def _cancel_unload(self, doc_id: str) -> None:
+        handle = self._unloads.pop(doc_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _start_unload(self, doc_id: str) -> None:
+        self._unloads.pop(doc_id, None)
+        task = asyncio.get_running_loop().create_task(self._unload(doc_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unload(self, doc_id: str) -> None:
+        if self._refs.get(doc_id) or doc_id not in self.rooms:
+            return
+        try:
+            await self.writer.flush(doc_id, timeout=30.0)
+        except TimeoutError:
+            log.warning("%s keeps unsaved updates; it stays loaded and unload is retried", doc_id)
+            self._schedule_unload(doc_id)
+            return
+        if self._refs.get(doc_id) or self.writer.pending(doc_id):
+            return  # someone came back meanwhile
+        del self.rooms[doc_id]
+        self.writer.forget(doc_id)
+        metrics.ROOMS.set(len(self.rooms))
+        log.info("unloaded %s", doc_id)
+
+    async def close(self) -> None:
+        for handle in self._unloads.values():
+            handle.cancel()
+        self._unloads.clear()
+        for task in list(self._tasks):
+            task.cancel()

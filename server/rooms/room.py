@@ -1,0 +1,172 @@
+"""Room: one live document, its peers and their presence; the per-message hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pycrdt import Doc, TransactionEvent
+
+from server import metrics
+from server.rooms.awareness import Awareness
+from server.origin import Origin
+from server.rooms.peer import Peer
+from server.rooms.wire import frame_binary
+from shared.protocol import (
+    MSG_AWARENESS,
+    MSG_QUERY_AWARENESS,
+    MSG_SYNC,
+    SYNC_STEP1,
+    ProtocolError,
+    decode_message,
+    encode_awareness,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_update,
+)
+
+log = logging.getLogger("tandem.rooms")
+
+# Called with (doc id, effective update, origin) for every change; the write-behind log.
+UpdateSink = Callable[[str, bytes, Origin], None]
+
+_NOT_CRDT_ERRORS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+
+
+class RejectedFrame(Exception):
+    """A frame that closes the connection that sent it; the room is untouched."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Room:
+    """A pycrdt document shared by a set of peers.
+
+    The observer is attached in the constructor, before anything can write to the document,
+    and captures the effective update of each transaction: what actually changed, without
+    duplicates. That one capture feeds both the broadcast and the update log.
+    """
+
+    def __init__(self, doc_id: str, sink: UpdateSink) -> None:
+        self.doc_id = doc_id
+        self.doc: Doc = Doc()
+        self.peers: set[Peer] = set()
+        self.awareness = Awareness()
+        self._sink = sink
+        self._effective: bytes | None = None
+        self.doc.observe(self._capture)
+
+    def _capture(self, event: TransactionEvent) -> None:
+        self._effective = event.update
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self, state: bytes) -> None:
+        """Apply the stored state; it is not sent to the sink (it is stored already)."""
+        if state:
+            self.doc.apply_update(state)
+        self._effective = None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def apply_update(self, update: bytes, origin: Origin, sender: Peer | None = None) -> bytes | None:
+        """Apply `update`; broadcast and log the effective change. Return it (None: no-op).
+
+        Raises RejectedFrame when pycrdt cannot decode or integrate the update.
+        """
+        self._effective = None
+        try:
+            self.doc.apply_update(update)
+        except BaseException as exc:
+            if isinstance(exc, _NOT_CRDT_ERRORS):
+                raise
+            # pycrdt raises ValueError/RuntimeError, and Rust panics arrive as PanicException,
+            # a BaseException: all of them mean this update is unusable.
+            self._effective = None
+            raise RejectedFrame(1007, f"update rejected: {_short(exc)}") from exc
+        effective = self._effective
+        if effective is None:
+            return None
+        self._effective = None
+        self.broadcast(frame_binary(encode_update(effective)), sender)
+        self._sink(self.doc_id, effective, origin)
+        metrics.UPDATES_APPLIED.inc()
+        return effective
+
+    def broadcast(self, frame: bytes, exclude: Peer | None = None) -> None:
+        """Write the same frame bytes to every peer but `exclude`; never waits."""
+        sent = 0
+        for peer in self.peers:
+            if peer is not exclude:
+                peer.send(frame)
+                sent += 1
+        if sent:
+            metrics.FRAMES_OUT.inc(sent)
+            metrics.BYTES_OUT.inc(sent * len(frame))
+
+    # -- connections -----------------------------------------------------------------------
+
+    def join(self, peer: Peer) -> None:
+        """Add `peer` and greet it: our state vector (sync step 1) and everyone's presence."""
+        self.peers.add(peer)
+        greeting = frame_binary(encode_sync_step1(self.doc.get_state()))
+        presence = self.awareness.snapshot()
+        if presence is not None:
+            greeting += frame_binary(encode_awareness(presence))
+        peer.send(greeting)
+
+    def leave(self, peer: Peer) -> None:
+        self.peers.discard(peer)
+        gone = self.awareness.remove(peer)
+        if gone is not None:
+            self.broadcast(frame_binary(encode_awareness(gone)))
+
+    def receive(self, peer: Peer, data: bytes) -> None:
+        """Handle one binary frame from `peer`. Raises RejectedFrame for bad input."""
+        try:
+            message = decode_message(data)
+        except ProtocolError as exc:
+            raise RejectedFrame(1002, f"malformed message: {exc}") from exc
+        kind = message.kind
+        if kind == MSG_SYNC:
+            if message.sync == SYNC_STEP1:
+                peer.send(frame_binary(encode_sync_step2(self._diff(message.payload))))
+            elif not peer.read_only:
+                self.apply_update(message.payload, peer.origin, peer)
+            else:
+                metrics.READ_ONLY_WRITES_DROPPED.inc()
+        elif kind == MSG_AWARENESS:
+            try:
+                relay = self.awareness.apply(message.payload, peer)
+            except ProtocolError as exc:
+                raise RejectedFrame(1002, f"malformed awareness: {exc}") from exc
+            if relay is not None:
+                # Echoed to the sender as well: y-websocket reconnects after 30 s without a
+                # message, and its 15 s awareness renewal is what keeps a lone client alive.
+                self.broadcast(frame_binary(encode_awareness(relay)))
+        elif kind == MSG_QUERY_AWARENESS:
+            presence = self.awareness.snapshot()
+            if presence is not None:
+                peer.send(frame_binary(encode_awareness(presence)))
+        # Auth messages from clients carry nothing the server acts on.
+
+    def _diff(self, state_vector: bytes) -> bytes:
+        try:
+            return self.doc.get_update(state_vector)
+        except BaseException as exc:
+            if isinstance(exc, _NOT_CRDT_ERRORS):
+                raise
+            raise RejectedFrame(1002, f"bad state vector: {_short(exc)}") from exc
+
+    def encode_state(self) -> bytes:
+        return self.doc.get_update()
+
+
+def _short(exc: Any) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:80]

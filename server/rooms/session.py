@@ -1,0 +1,133 @@
+"""The /ws/{doc_id} endpoint: one connection's y-protocols exchange with its room."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.types import Receive, Scope, Send
+
+from server import metrics
+from server.auth import AuthError, authenticate
+from server.rooms.peer import Peer
+from server.rooms.registry import LoadFailed, Registry
+from server.rooms.room import RejectedFrame
+from server.rooms.wire import writer_for
+from server.settings import Settings
+
+log = logging.getLogger("tandem.rooms")
+
+# Letters of any script, digits, "_", "." and "-"; no separators that could alias keys.
+DOC_ID = re.compile(r"\w[\w.-]{0,127}")
+
+
+class SyncEndpoint:
+    """The ASGI app of the route; Starlette would wrap a plain function as a session."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve(scope, receive, send)
+
+
+async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one WebSocket: authenticate, join the room, relay frames until it closes."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    registry: Registry = scope["state"]["registry"]
+    settings: Settings = scope["state"]["settings"]
+    doc_id = scope["path_params"]["doc_id"]
+    client = "%s:%s" % tuple(scope.get("client") or ("?", 0))
+
+    async def close(code: int, reason: str) -> None:
+        try:
+            await send({"type": "websocket.close", "code": code, "reason": _fit(reason)})
+        except OSError:  # the client is gone already
+            pass
+
+    wire = writer_for(scope)
+    if wire is None:
+        log.error("the WebSocket server is not Tandem's; start it with `tandem serve`")
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    await send({"type": "websocket.accept"})
+    if not DOC_ID.fullmatch(doc_id):
+        await close(4400, "invalid document id")
+        return
+    try:
+        principal = authenticate(settings.secret, _token(scope))
+        if not principal.may_open(doc_id):
+            raise AuthError(4403, "token is not valid for this document")
+    except AuthError as exc:
+        log.info("ws refused doc=%s client=%s: %s", doc_id, client, exc.reason)
+        await close(exc.code, exc.reason)
+        return
+    try:
+        room = await registry.acquire(doc_id)
+    except LoadFailed:
+        await close(1011, "document could not be loaded; try again later")
+        return
+
+    peer = Peer(
+        wire.transport,
+        user=principal.user,
+        read_only=principal.read_only,
+        buffer_limit=settings.send_buffer_bytes,
+    )
+    started = time.monotonic()
+    frames = 0
+    code: Any = None
+    reason = ""
+    metrics.CONNECTIONS.inc()
+    metrics.CONNECTIONS_TOTAL.inc()
+    log.info(
+        "ws open doc=%s peer=%d user=%s client=%s%s",
+        doc_id, peer.id, principal.user, client, " read-only" if principal.read_only else "",
+    )
+    try:
+        room.join(peer)
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                code = message.get("code")
+                reason = message.get("reason") or ""
+                break
+            data = message.get("bytes")
+            if data is None:
+                raise RejectedFrame(1003, "text frames are not y-protocols messages")
+            frames += 1
+            metrics.FRAMES_IN.inc()
+            metrics.BYTES_IN.inc(len(data))
+            room.receive(peer, data)
+    except RejectedFrame as exc:
+        code, reason = exc.code, exc.reason
+        metrics.REJECTED_FRAMES.labels(str(exc.code)).inc()
+        log.warning("ws rejected frame doc=%s peer=%d: %d %s", doc_id, peer.id, code, reason)
+        await close(exc.code, exc.reason)
+    finally:
+        peer.closed = True
+        room.leave(peer)
+        registry.release(doc_id)
+        metrics.CONNECTIONS.dec()
+        log.info(
+            "ws close doc=%s peer=%d code=%s reason=%r frames=%d seconds=%.1f",
+            doc_id, peer.id, code, reason, frames, time.monotonic() - started,
+        )
+
+
+def _token(scope: Scope) -> str | None:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if "token" in query:
+        return query["token"][0]
+    for name, value in scope.get("headers", []):
+        if name == b"authorization" and value.lower().startswith(b"bearer "):
+            return str(value[7:].decode("latin-1"))
+    return None
+
+
+def _fit(reason: str) -> str:
+    """A close reason must fit in 123 bytes of UTF-8."""
+    raw = reason.encode("utf-8")[:123]
+    return raw.decode("utf-8", errors="ignore")

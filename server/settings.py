@@ -1,0 +1,36 @@
+"""Settings, read from TANDEM_* environment variables (command-line flags override them)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Any SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db
+    database_url: str = "sqlite+aiosqlite:///./data/tandem.db"
+    # Unset: a single process. (Multi-process fan-out through Redis builds on this.)
+    redis_url: str | None = None
+    # Signs access tokens. Unset: no sign-in, every connection is the local user.
+    secret: str | None = None
+    log_level: str = "info"
+
+    # The largest WebSocket message accepted; larger ones close the connection with 1009.
+    # Keep it above the largest legitimate sync step 2 (a whole document).
+    max_message_bytes: int = 16 * 1024 * 1024
+    # Bytes queued for one client before it counts as not reading and is disconnected.
+    send_buffer_bytes: int = 32 * 1024 * 1024
+    # Seconds a room stays loaded after its last client leaves.
+    room_grace_seconds: float = 10.0
+    # The group-commit window: updates gathered this long are committed in one transaction.
+    commit_delay_ms: float = 20.0
+    # Compaction writes a snapshot once a document has this many update rows or bytes.
+    compact_after_updates: int = 500
+    compact_after_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""What the server and its clients share: the wire codec and document schemas."""
