@@ -108,8 +108,10 @@ def _token(args: argparse.Namespace) -> int:
 
     secret = Settings().secret
     if not secret:
-        print("tandem token: set TANDEM_SECRET first (the server must use the same one)",
-              file=sys.stderr)
+        print(
+            "tandem token: set TANDEM_SECRET first (the server must use the same one)",
+            file=sys.stderr,
+        )
         return 2
     print(issue_token(secret, args.user, doc=args.doc, read_only=args.read_only, ttl=args.ttl))
     return 0

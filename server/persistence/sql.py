@@ -79,7 +79,9 @@ class SqlStore:
             base = (
                 await conn.execute(
                     select(snapshots.c.id, snapshots.c.state)
-                    .select_from(documents.join(snapshots, snapshots.c.id == documents.c.snapshot_id))
+                    .select_from(
+                        documents.join(snapshots, snapshots.c.id == documents.c.snapshot_id)
+                    )
                     .where(documents.c.id == doc_id)
                 )
             ).first()
@@ -141,9 +143,7 @@ class SqlStore:
                 else documents.c.snapshot_id == base_snapshot_id
             )
             moved = await conn.execute(
-                update(documents)
-                .where(documents.c.id == doc_id, base)
-                .values(snapshot_id=new_id)
+                update(documents).where(documents.c.id == doc_id, base).values(snapshot_id=new_id)
             )
             if moved.rowcount != 1:  # type: ignore[attr-defined]
                 raise CompactionConflict(doc_id)  # leaving the block rolls back

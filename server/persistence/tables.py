@@ -41,9 +41,7 @@ updates = Table(
     "updates",
     metadata,
     Column("seq", BigId, primary_key=True, autoincrement=True),
-    Column(
-        "doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), nullable=False),
     Column("data", LargeBinary, nullable=False),
     Column("origin", String(16), nullable=False),
     Column("author", String(128), nullable=True),
@@ -55,9 +53,7 @@ snapshots = Table(
     "snapshots",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column(
-        "doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), nullable=False),
     # The highest update seq merged into this snapshot (0: none).
     Column("upto_seq", BigInteger, nullable=False),
     Column("state", LargeBinary, nullable=False),

@@ -17,8 +17,8 @@ from collections import defaultdict
 from pycrdt import merge_updates
 
 from server import metrics
-from server.persistence.compaction import compact
 from server.origin import Origin
+from server.persistence.compaction import compact
 from server.persistence.store import Store, UpdateRecord
 
 log = logging.getLogger("tandem.persistence")
@@ -155,6 +155,8 @@ def coalesce(batch: list[UpdateRecord]) -> list[UpdateRecord]:
     for record in batch:
         groups.setdefault((record.doc_id, record.origin, record.author), []).append(record.data)
     return [
-        UpdateRecord(doc_id, data[0] if len(data) == 1 else bytes(merge_updates(*data)), origin, author)
+        UpdateRecord(
+            doc_id, data[0] if len(data) == 1 else bytes(merge_updates(*data)), origin, author
+        )
         for (doc_id, origin, author), data in groups.items()
     ]

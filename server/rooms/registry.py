@@ -8,8 +8,8 @@ import time
 from collections import defaultdict
 
 from server import metrics
-from server.persistence.writer import Writer
 from server.persistence.store import Store
+from server.persistence.writer import Writer
 from server.rooms.room import Room
 
 log = logging.getLogger("tandem.rooms")

@@ -10,8 +10,8 @@ from typing import Any
 from pycrdt import Doc, TransactionEvent
 
 from server import metrics
-from server.rooms.awareness import Awareness
 from server.origin import Origin
+from server.rooms.awareness import Awareness
 from server.rooms.peer import Peer
 from server.rooms.wire import frame_binary
 from shared.protocol import (
@@ -74,7 +74,9 @@ class Room:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def apply_update(self, update: bytes, origin: Origin, sender: Peer | None = None) -> bytes | None:
+    def apply_update(
+        self, update: bytes, origin: Origin, sender: Peer | None = None
+    ) -> bytes | None:
         """Apply `update`; broadcast and log the effective change. Return it (None: no-op).
 
         Raises RejectedFrame when pycrdt cannot decode or integrate the update.

@@ -84,7 +84,11 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     metrics.CONNECTIONS_TOTAL.inc()
     log.info(
         "ws open doc=%s peer=%d user=%s client=%s%s",
-        doc_id, peer.id, principal.user, client, " read-only" if principal.read_only else "",
+        doc_id,
+        peer.id,
+        principal.user,
+        client,
+        " read-only" if principal.read_only else "",
     )
     try:
         room.join(peer)
@@ -113,7 +117,12 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         metrics.CONNECTIONS.dec()
         log.info(
             "ws close doc=%s peer=%d code=%s reason=%r frames=%d seconds=%.1f",
-            doc_id, peer.id, code, reason, frames, time.monotonic() - started,
+            doc_id,
+            peer.id,
+            code,
+            reason,
+            frames,
+            time.monotonic() - started,
         )
 
 

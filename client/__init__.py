@@ -1,0 +1,1 @@
+"""The Python client: a pycrdt document kept in sync with a Tandem server."""
