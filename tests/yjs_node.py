@@ -149,7 +149,7 @@ class NodeYClient:
             raise
         return client
 
-    async def close(self, timeout: float = 5.0) -> int | None:  # noqa: ASYNC109
+    async def close(self, timeout: float = 5.0) -> int | None:
         """Ask the client to destroy its provider and exit; kill it if it does not.
 
         Returns the process exit code. Safe to call more than once.
@@ -206,7 +206,7 @@ class NodeYClient:
         self,
         op: str,
         *,
-        timeout: float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109 - also forwarded to Node
+        timeout: float = DEFAULT_CALL_TIMEOUT,
         **fields: Any,
     ) -> dict[str, Any]:
         """Send command ``op`` with ``fields`` and return its reply (without ``id``/``ok``).
@@ -243,7 +243,7 @@ class NodeYClient:
 
     # Thin conveniences over :meth:`call`.
 
-    async def wait_synced(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def wait_synced(self, timeout: float = 10.0) -> None:
         await self.call("wait_synced", timeout=timeout)
 
     async def status(self) -> dict[str, Any]:
@@ -269,7 +269,7 @@ class NodeYClient:
         predicate: Callable[[dict[str, Any]], bool],
         op: str = "state",
         *,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
         interval: float = 0.05,
         **fields: Any,
     ) -> dict[str, Any]:

@@ -39,7 +39,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     registry: Registry = scope["state"]["registry"]
     settings: Settings = scope["state"]["settings"]
     doc_id = scope["path_params"]["doc_id"]
-    client = "%s:%s" % tuple(scope.get("client") or ("?", 0))
+    client = "{}:{}".format(*tuple(scope.get("client") or ("?", 0)))
 
     async def close(code: int, reason: str) -> None:
         try:
