@@ -12,7 +12,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Self
+from collections.abc import Coroutine
+from typing import Any, Self
 from urllib.parse import quote
 
 from pycrdt import Doc, TransactionEvent
@@ -40,7 +41,7 @@ class SyncClient:
         self,
         server_url: str,
         doc_id: str,
-        doc: Doc | None = None,
+        doc: Doc[Any] | None = None,
         *,
         token: str | None = None,
         reconnect: bool = True,
@@ -48,7 +49,7 @@ class SyncClient:
         self.url = f"{server_url.rstrip('/')}/{quote(doc_id)}"
         if token:
             self.url += f"?token={quote(token)}"
-        self.doc: Doc = doc if doc is not None else Doc()
+        self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.reconnect = reconnect
         self.synced = asyncio.Event()
         self.connected = asyncio.Event()
@@ -154,8 +155,8 @@ class SyncClient:
 
 
 @contextlib.asynccontextmanager
-async def _running(coro: object) -> AsyncIterator[None]:
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+async def _running(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(coro)
     try:
         yield
     finally:

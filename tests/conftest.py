@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -44,9 +45,9 @@ async def _postgres_admin() -> object:
     )
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
     try:
         admin = await _postgres_admin()
     except (TimeoutError, OSError) as exc:
@@ -63,16 +64,24 @@ async def postgres_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'tandem.db'}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Every persistence test runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'tandem.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+        yield f"sqlite+aiosqlite:///{tmp_path / 'tandem.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
 
 
 async def upgrade_schema(url: str) -> None:

@@ -48,11 +48,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _upsert_documents(dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    stmt = dialect_insert(documents)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(documents)
     return stmt.on_conflict_do_update(
         index_elements=[documents.c.id], set_={"updated_at": stmt.excluded.updated_at}
     )
@@ -145,7 +143,7 @@ class SqlStore:
             moved = await conn.execute(
                 update(documents).where(documents.c.id == doc_id, base).values(snapshot_id=new_id)
             )
-            if moved.rowcount != 1:  # type: ignore[attr-defined]
+            if moved.rowcount != 1:
                 raise CompactionConflict(doc_id)  # leaving the block rolls back
             seqs = list(merged_seqs)
             for i in range(0, len(seqs), _DELETE_CHUNK):

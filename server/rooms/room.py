@@ -54,7 +54,7 @@ class Room:
 
     def __init__(self, doc_id: str, sink: UpdateSink) -> None:
         self.doc_id = doc_id
-        self.doc: Doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.peers: set[Peer] = set()
         self.awareness = Awareness()
         self._sink = sink

@@ -127,12 +127,14 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _token(scope: Scope) -> str | None:
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    raw: bytes = scope.get("query_string", b"")
+    query = parse_qs(raw.decode("latin-1"))
     if "token" in query:
         return query["token"][0]
     for name, value in scope.get("headers", []):
         if name == b"authorization" and value.lower().startswith(b"bearer "):
-            return str(value[7:].decode("latin-1"))
+            token: str = value[7:].decode("latin-1")
+            return token
     return None
 
 

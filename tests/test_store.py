@@ -1,0 +1,162 @@
+"""One contract suite run by every Store: in memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycrdt import Array, Doc, Map, Text, TransactionEvent
+
+from conftest import postgres_database, upgrade_schema
+from server.persistence.compaction import compact
+from server.persistence.memory import MemoryStore
+from server.persistence.sql import SqlStore, create_engine
+from server.persistence.store import CompactionConflict, Store, UpdateRecord
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'tandem.db'}"
+        else:
+            url = await stack.enter_async_context(postgres_database())
+        await upgrade_schema(url)
+        sql = SqlStore(create_engine(url))
+        yield sql
+        await sql.close()
+
+
+def record(
+    doc_id: str, data: bytes, origin: str = "ws", author: str | None = "ana"
+) -> UpdateRecord:
+    return UpdateRecord(doc_id, data, origin, author)
+
+
+def random_history(seed: int, steps: int = 200) -> tuple[list[bytes], dict[str, Any]]:
+    """Edits by three writers with Chinese and emoji text; returns the updates and the view."""
+    rng = random.Random(seed)
+    docs: list[Doc[Any]] = [Doc(client_id=i + 1) for i in range(3)]
+    updates: list[bytes] = []
+
+    def keep(event: TransactionEvent) -> None:
+        updates.append(event.update)
+
+    for doc in docs:
+        doc.observe(keep)
+    words = ["双十一", "客服", "😀", "plan", "🚀", "运营"]
+    for _ in range(steps):
+        doc = rng.choice(docs)
+        text = doc.get("text", type=Text)
+        choice = rng.random()
+        if choice < 0.5:
+            # pycrdt indexes text in UTF-8 bytes: insert only at character boundaries.
+            chars = str(text)
+            at = len(chars[: rng.randint(0, len(chars))].encode())
+            text.insert(at, rng.choice(words))
+        elif choice < 0.7 and len(str(text)) > 2:
+            chars = str(text)
+            start = rng.randint(0, len(chars) - 2)
+            lo, hi = len(chars[:start].encode()), len(chars[: start + 1].encode())
+            del text[lo:hi]
+        elif choice < 0.9:
+            doc.get("map", type=Map)[rng.choice("abc")] = rng.choice(words)
+        else:
+            doc.get("list", type=Array).append(rng.randint(0, 100))
+        # Deliver to one other writer now and then, so histories interleave.
+        other = rng.choice(docs)
+        if other is not doc:
+            other.apply_update(doc.get_update(other.get_state()))
+    final: Doc[Any] = Doc()
+    for update in updates:
+        final.apply_update(update)
+    return updates, view(final)
+
+
+def view(doc: Doc[Any]) -> dict[str, Any]:
+    return {
+        "text": str(doc.get("text", type=Text)),
+        "map": doc.get("map", type=Map).to_py(),
+        "list": doc.get("list", type=Array).to_py(),
+    }
+
+
+def doc_from(state: bytes) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(state)
+    return doc
+
+
+async def test_unknown_document_loads_empty(store: Store) -> None:
+    stored = await store.load("nothing-here")
+    assert stored.empty
+    assert stored.merged() == b""
+
+
+async def test_append_then_load_round_trips(store: Store) -> None:
+    updates, expected = random_history(seed=1)
+    await store.append([record("plan", u) for u in updates[:100]])
+    await store.append([record("plan", u) for u in updates[100:]])
+    await store.append([record("other", updates[0])])
+    stored = await store.load("plan")
+    assert len(stored.updates) == len(updates)
+    assert stored.seqs == sorted(stored.seqs)
+    assert view(doc_from(stored.merged())) == expected
+
+
+async def test_rows_out_of_causal_order_and_duplicates_load(store: Store) -> None:
+    updates, expected = random_history(seed=2)
+    shuffled = updates + updates[:20]
+    random.Random(3).shuffle(shuffled)
+    await store.append([record("plan", u) for u in shuffled])
+    assert view(doc_from((await store.load("plan")).merged())) == expected
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+async def test_compaction_keeps_content(store: Store, seed: int) -> None:
+    updates, expected = random_history(seed=seed)
+    # Out of causal order: the first stored row depends on rows after it (pending on apply).
+    reordered = [updates[-1], *updates[:-1]]
+    await store.append([record("plan", u) for u in reordered[:150]])
+    first = await compact(store, "plan")
+    assert first is not None and first.merged_rows == 150
+    await store.append([record("plan", u) for u in reordered[150:]])
+    stored = await store.load("plan")
+    assert stored.snapshot is not None
+    assert len(stored.updates) == len(reordered) - 150
+    assert view(doc_from(stored.merged())) == expected
+    second = await compact(store, "plan")
+    assert second is not None
+    stored = await store.load("plan")
+    assert stored.updates == []
+    assert view(doc_from(stored.merged())) == expected
+    assert await compact(store, "plan") is None  # nothing left to fold
+
+
+async def test_compaction_only_deletes_rows_it_merged(store: Store) -> None:
+    updates, expected = random_history(seed=7)
+    await store.append([record("plan", u) for u in updates[:100]])
+    stored = await store.load("plan")
+    # A row committed after the compactor read the document must survive its delete.
+    await store.append([record("plan", u) for u in updates[100:]])
+    await store.replace("plan", stored.snapshot_id, stored.merged(), b"\x00", stored.seqs)
+    after = await store.load("plan")
+    assert len(after.updates) == len(updates) - 100
+    assert view(doc_from(after.merged())) == expected
+
+
+async def test_racing_compaction_loses_cleanly(store: Store) -> None:
+    updates, expected = random_history(seed=8)
+    await store.append([record("plan", u) for u in updates])
+    stale = await store.load("plan")
+    assert await compact(store, "plan") is not None
+    with pytest.raises(CompactionConflict):
+        await store.replace("plan", stale.snapshot_id, b"\x00\x00", b"\x00", stale.seqs)
+    assert view(doc_from((await store.load("plan")).merged())) == expected

@@ -1,0 +1,155 @@
+"""The group-commit writer and the room registry, over the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pycrdt import Doc, Text, TransactionEvent
+
+from server.origin import Origin
+from server.persistence.memory import MemoryStore
+from server.persistence.writer import Writer
+from server.rooms.registry import LoadFailed, Registry
+
+WS = Origin("ws", "ana")
+
+
+def small_updates(n: int) -> list[bytes]:
+    doc: Doc[Any] = Doc(client_id=7)
+    out: list[bytes] = []
+
+    def keep(event: TransactionEvent) -> None:
+        out.append(event.update)
+
+    doc.observe(keep)
+    text = doc.get("text", type=Text)
+    for i in range(n):
+        text += f"{i % 10}"
+    return out
+
+
+def text_of(state: bytes) -> str:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(state)
+    return str(doc.get("text", type=Text))
+
+
+@pytest.fixture
+async def writer() -> Any:
+    store = MemoryStore()
+    w = Writer(store, delay=0.01, compact_after_updates=10_000)
+    task = asyncio.create_task(w.run())
+    yield w
+    task.cancel()
+
+
+async def test_group_commit_merges_a_burst_into_few_rows(writer: Writer) -> None:
+    updates = small_updates(300)
+    for update in updates:
+        writer.add("plan", update, WS)
+    writer.add("plan", updates[0], Origin("rest", "bo"))
+    await writer.flush("plan", timeout=5)
+    store = writer.store
+    assert isinstance(store, MemoryStore)
+    rows = store.rows["plan"]
+    assert len(rows) <= 4  # one row per (document, origin, author) per commit
+    assert {(r.origin, r.author) for _, r in rows} == {("ws", "ana"), ("rest", "bo")}
+    stored = await store.load("plan")
+    assert text_of(stored.merged()) == "".join(f"{i % 10}" for i in range(300))
+
+
+async def test_failed_commit_is_retried_and_flush_waits(writer: Writer) -> None:
+    store = writer.store
+    assert isinstance(store, MemoryStore)
+    store.fail_appends = True
+    for update in small_updates(5):
+        writer.add("plan", update, WS)
+    with pytest.raises(TimeoutError):
+        await writer.flush("plan", timeout=0.3)
+    assert writer.pending("plan") == 5
+    assert not writer.healthy
+    store.fail_appends = False
+    await writer.flush("plan", timeout=5)
+    assert writer.pending("plan") == 0 and writer.healthy
+    assert text_of((await store.load("plan")).merged()) == "01234"
+
+
+async def test_compaction_triggers_after_threshold() -> None:
+    store = MemoryStore()
+    writer = Writer(store, delay=0.001, max_batch=1, compact_after_updates=20)
+    task = asyncio.create_task(writer.run())
+    writer.track("plan", 0, 0)
+    try:
+        for update in small_updates(50):
+            writer.add("plan", update, WS)
+        await writer.flush("plan", timeout=5)
+        await writer.close(timeout=5)
+    finally:
+        task.cancel()
+    assert "plan" in store.snapshots
+    assert len(store.rows["plan"]) < 20
+    assert text_of((await store.load("plan")).merged()) == "".join(f"{i % 10}" for i in range(50))
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+        self.gate = asyncio.Event()
+
+    async def load(self, doc_id: str) -> Any:
+        self.loads += 1
+        await self.gate.wait()
+        return await super().load(doc_id)
+
+
+async def test_concurrent_joins_share_one_load() -> None:
+    store = CountingStore()
+    await store.append([])
+    writer = Writer(store)
+    registry = Registry(store, writer, grace=0.05)
+    joins = [asyncio.create_task(registry.acquire("plan")) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    assert store.loads == 1 and not any(j.done() for j in joins)
+    store.gate.set()
+    rooms = await asyncio.gather(*joins)
+    assert all(room is rooms[0] for room in rooms)
+    for _ in rooms:
+        registry.release("plan")
+    await asyncio.sleep(0.2)
+    assert "plan" not in registry.rooms  # unloaded after the grace period
+
+
+async def test_failed_load_leaves_no_room_and_can_be_retried() -> None:
+    store = MemoryStore()
+    store.fail_loads = True
+    registry = Registry(store, Writer(store), grace=0.05)
+    with pytest.raises(LoadFailed):
+        await registry.acquire("plan")
+    assert registry.rooms == {}
+    store.fail_loads = False
+    room = await registry.acquire("plan")
+    assert registry.rooms == {"plan": room}
+    registry.release("plan")
+
+
+async def test_room_with_unsaved_updates_stays_loaded() -> None:
+    store = MemoryStore()
+    writer = Writer(store, delay=0.01)
+    task = asyncio.create_task(writer.run())
+    registry = Registry(store, writer, grace=0.01)
+    try:
+        room = await registry.acquire("plan")
+        store.fail_appends = True
+        room.apply_update(small_updates(1)[0], WS)
+        registry.release("plan")
+        await asyncio.sleep(0.3)
+        assert "plan" in registry.rooms  # the update is not committed yet
+        store.fail_appends = False
+        await writer.flush("plan", timeout=5)
+        assert text_of((await store.load("plan")).merged()) == "0"
+    finally:
+        await registry.close()
+        task.cancel()
