@@ -122,16 +122,17 @@ class SyncClient:
         self.connected.set()
         # Fresh queue: edits made offline reach the server through the sync exchange.
         self._outbox = asyncio.Queue()
-        await ws.send(encode_sync_step1(self.doc.get_state()))
-        async with _running(self._pump(ws)):
-            try:
+        try:
+            # A server that refuses at once may close before this send: keep its code too.
+            await ws.send(encode_sync_step1(self.doc.get_state()))
+            async with _running(self._pump(ws)):
                 async for data in ws:
                     if isinstance(data, bytes):
                         await self._handle(ws, data)
-            finally:
-                if ws.protocol.close_rcvd is not None:
-                    self.close_code = ws.protocol.close_rcvd.code
-                    self.close_reason = ws.protocol.close_rcvd.reason
+        finally:
+            if ws.protocol.close_rcvd is not None:
+                self.close_code = ws.protocol.close_rcvd.code
+                self.close_reason = ws.protocol.close_rcvd.reason
 
     async def _pump(self, ws: ClientConnection) -> None:
         while True:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import postgres_database, upgrade_schema
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
-from conftest import postgres_database, upgrade_schema
 from server.persistence.compaction import compact
 from server.persistence.memory import MemoryStore
 from server.persistence.sql import SqlStore, create_engine

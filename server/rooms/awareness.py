@@ -31,14 +31,16 @@ class Awareness:
     def apply(self, payload: bytes, peer: Peer) -> bytes | None:
         """Apply an update from `peer`; return the payload to relay (None: nothing to relay)."""
         entries = decode_awareness_update(payload)
+        # Checked before anything changes: a rejected frame must leave no state behind.
+        new_ids = {e.client_id for e in entries if e.client_id not in self.owners}
+        if len(peer.client_ids) + len(new_ids) > MAX_CLIENT_IDS_PER_PEER:
+            raise ProtocolError("too many awareness client ids on one connection")
         kept: list[AwarenessEntry] = []
         for entry in entries:
             owner = self.owners.get(entry.client_id)
             if owner is not None and owner is not peer:
                 continue
             if owner is None:
-                if len(peer.client_ids) >= MAX_CLIENT_IDS_PER_PEER:
-                    raise ProtocolError("too many awareness client ids on one connection")
                 self.owners[entry.client_id] = peer
                 peer.client_ids.add(entry.client_id)
             kept.append(entry)

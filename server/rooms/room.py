@@ -88,17 +88,26 @@ class Room:
             if isinstance(exc, _NOT_CRDT_ERRORS):
                 raise
             # pycrdt raises ValueError/RuntimeError, and Rust panics arrive as PanicException,
-            # a BaseException: all of them mean this update is unusable.
+            # a BaseException: all of them mean this update is unusable. pycrdt cannot roll
+            # back, so blocks integrated before the failure stay in the document; they are
+            # propagated like any change, because a room that differs from its peers and its
+            # log makes later edits next to that content diverge and get lost.
+            partial = self._effective
             self._effective = None
+            if partial is not None:
+                self._propagate(partial, origin, sender)
             raise RejectedFrame(1007, f"update rejected: {_short(exc)}") from exc
         effective = self._effective
         if effective is None:
             return None
         self._effective = None
+        self._propagate(effective, origin, sender)
+        return effective
+
+    def _propagate(self, effective: bytes, origin: Origin, sender: Peer | None) -> None:
         self.broadcast(frame_binary(encode_update(effective)), sender)
         self._sink(self.doc_id, effective, origin)
         metrics.UPDATES_APPLIED.inc()
-        return effective
 
     def broadcast(self, frame: bytes, exclude: Peer | None = None) -> None:
         """Write the same frame bytes to every peer but `exclude`; never waits."""
