@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-
 from typing import Any
 
 from pycrdt import Doc, get_state, get_update, merge_updates
