@@ -153,3 +153,20 @@ async def test_room_with_unsaved_updates_stays_loaded() -> None:
     finally:
         await registry.close()
         task.cancel()
+
+
+async def test_server_side_edit_reaches_peers_and_log() -> None:
+    store = MemoryStore()
+    writer = Writer(store, delay=0.01)
+    task = asyncio.create_task(writer.run())
+    registry = Registry(store, writer, grace=0.05)
+    try:
+        async with registry.use("plan") as room:
+            room.edit(Origin("rest", "bo"), lambda doc: doc.get("text", type=Text).insert(0, "hi"))
+        await writer.flush("plan", timeout=5)
+        ((_, row),) = store.rows["plan"]
+        assert (row.origin, row.author) == ("rest", "bo")
+        assert text_of(row.data) == "hi"
+    finally:
+        await registry.close()
+        task.cancel()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 from server import metrics
 from server.persistence.store import Store
@@ -86,6 +88,16 @@ class Registry:
         if not self._refs.get(doc_id):
             self._schedule_unload(doc_id)  # everyone who asked has gone meanwhile
         return room
+
+    @contextlib.asynccontextmanager
+    async def use(self, doc_id: str) -> AsyncIterator[Room]:
+        """The room for the duration of a block: server-side reads and edits go through it,
+        so connected clients see them at once and they are logged like a client's."""
+        room = await self.acquire(doc_id)
+        try:
+            yield room
+        finally:
+            self.release(doc_id)
 
     def release(self, doc_id: str) -> None:
         left = self._refs[doc_id] - 1

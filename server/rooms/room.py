@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pycrdt import Doc, TransactionEvent
 
@@ -31,6 +31,7 @@ log = logging.getLogger("tandem.rooms")
 
 # Called with (doc id, effective update, origin) for every change; the write-behind log.
 UpdateSink = Callable[[str, bytes, Origin], None]
+T = TypeVar("T")
 
 _NOT_CRDT_ERRORS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
 
@@ -103,6 +104,20 @@ class Room:
         self._effective = None
         self._propagate(effective, origin, sender)
         return effective
+
+    def edit(self, origin: Origin, change: Callable[[Doc[Any]], T]) -> T:
+        """Run `change(doc)` in one transaction, as a server-side edit by `origin`.
+
+        The effective update goes the same way as a client's: to every peer and to the log.
+        """
+        self._effective = None
+        with self.doc.transaction():
+            result = change(self.doc)
+        effective = self._effective
+        self._effective = None
+        if effective is not None:
+            self._propagate(effective, origin, None)
+        return result
 
     def _propagate(self, effective: bytes, origin: Origin, sender: Peer | None) -> None:
         self.broadcast(frame_binary(encode_update(effective)), sender)
