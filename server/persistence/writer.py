@@ -83,7 +83,9 @@ class Writer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[UpdateRecord]) -> None:
-        rows = coalesce(batch)
+        # merge_updates releases the GIL and grows faster than linearly: big batches are
+        # merged off the event loop.
+        rows = await asyncio.to_thread(coalesce, batch) if len(batch) > 256 else coalesce(batch)
         backoff = 0.1
         while True:
             started = time.perf_counter()
@@ -136,8 +138,11 @@ class Writer:
                 backlog[1] = 0
         except Exception:
             log.exception("compaction of %s failed; the update rows stay", doc_id)
-        finally:
             self._compacting.discard(doc_id)
+            return
+        self._compacting.discard(doc_id)
+        if doc_id in self._backlog:
+            self._maybe_compact(doc_id)  # rows that arrived meanwhile may be over the bar
 
     async def close(self, timeout: float = 30.0) -> None:
         """Commit everything queued, then wait for running compactions."""
