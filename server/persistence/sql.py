@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from server.persistence.tables import documents, snapshots, updates
 # Automatic snapshots kept per document besides the base; named versions are never pruned.
 KEEP_AUTO_SNAPSHOTS = 10
 _DELETE_CHUNK = 500
+TOUCH_SECONDS = 5.0
 
 
 def now() -> datetime:
@@ -62,6 +64,9 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._upsert = _upsert_documents(engine.dialect.name)
+        # When each document row was last created or touched by `append`: its updated_at is
+        # refreshed at most every TOUCH_SECONDS, so a busy document costs one row per commit.
+        self._touched: dict[str, float] = {}
 
     async def load(self, doc_id: str) -> StoredDoc:
         async with self.engine.connect() as conn:
@@ -94,13 +99,22 @@ class SqlStore:
         if not records:
             return
         stamp = now()
+        clock = time.monotonic()
+        touched = self._touched
         # Sorted, so concurrent writers lock document rows in the same order.
-        doc_ids = sorted({r.doc_id for r in records})
+        stale = sorted(
+            {
+                r.doc_id
+                for r in records
+                if clock - touched.get(r.doc_id, -TOUCH_SECONDS) >= TOUCH_SECONDS
+            }
+        )
         async with self.engine.begin() as conn:
-            await conn.execute(
-                self._upsert,
-                [{"id": d, "created_at": stamp, "updated_at": stamp} for d in doc_ids],
-            )
+            if stale:
+                await conn.execute(
+                    self._upsert,
+                    [{"id": d, "created_at": stamp, "updated_at": stamp} for d in stale],
+                )
             await conn.execute(
                 insert(updates),
                 [
@@ -114,6 +128,8 @@ class SqlStore:
                     for r in records
                 ],
             )
+        for doc_id in stale:
+            touched[doc_id] = clock
 
     async def replace(
         self,
