@@ -12,9 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from server import __version__
+from server.api import create_api
+from server.blobs import FileBlobStore
 from server.persistence import migrate
 from server.persistence.sql import SqlStore, create_engine
 from server.persistence.writer import Writer
@@ -48,7 +50,14 @@ async def lifespan_for(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     commit_loop = asyncio.get_running_loop().create_task(writer.run())
     log.info("tandem %s ready; database %s", __version__, engine.url.render_as_string())
     try:
-        yield {"settings": settings, "store": store, "writer": writer, "registry": registry}
+        yield {
+            "settings": settings,
+            "store": store,
+            "writer": writer,
+            "registry": registry,
+            "engine": engine,
+            "blobs": FileBlobStore(settings.blob_dir),
+        }
     finally:
         await registry.close()
         await writer.close()
@@ -91,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             WebSocketRoute("/ws/{doc_id:path}", SyncEndpoint()),
+            Mount("/api", app=create_api()),
         ],
         lifespan=lambda app: lifespan_for(settings),
     )

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     compact_after_updates: int = 500
     compact_after_bytes: int = 4 * 1024 * 1024
 
+    # Uploaded files: content-addressed blobs under this folder, at most this many bytes each.
+    blob_dir: str = "./data/blobs"
+    max_upload_bytes: int = 512 * 1024 * 1024
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

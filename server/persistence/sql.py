@@ -12,6 +12,7 @@ from sqlalchemy import delete, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from server.persistence.append import appender_for
 from server.persistence.store import CompactionConflict, StoredDoc, UpdateRecord
 from server.persistence.tables import documents, snapshots, updates
 
@@ -49,21 +50,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _upsert_documents(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(documents)
-    return stmt.on_conflict_do_update(
-        index_elements=[documents.c.id], set_={"updated_at": stmt.excluded.updated_at}
-    )
-
-
 class SqlStore:
     """Documents as an append-only update log plus snapshots, in one SQL database."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._upsert = _upsert_documents(engine.dialect.name)
+        self._appender = appender_for(engine)
         # When each document row was last created or touched by `append`: its updated_at is
         # refreshed at most every TOUCH_SECONDS, so a busy document costs one row per commit.
         self._touched: dict[str, float] = {}
@@ -98,7 +90,6 @@ class SqlStore:
     async def append(self, records: Sequence[UpdateRecord]) -> None:
         if not records:
             return
-        stamp = now()
         clock = time.monotonic()
         touched = self._touched
         # Sorted, so concurrent writers lock document rows in the same order.
@@ -109,25 +100,7 @@ class SqlStore:
                 if clock - touched.get(r.doc_id, -TOUCH_SECONDS) >= TOUCH_SECONDS
             }
         )
-        async with self.engine.begin() as conn:
-            if stale:
-                await conn.execute(
-                    self._upsert,
-                    [{"id": d, "created_at": stamp, "updated_at": stamp} for d in stale],
-                )
-            await conn.execute(
-                insert(updates),
-                [
-                    {
-                        "doc_id": r.doc_id,
-                        "data": r.data,
-                        "origin": r.origin,
-                        "author": r.author,
-                        "created_at": stamp,
-                    }
-                    for r in records
-                ],
-            )
+        await self._appender.append(records, stale, now())
         for doc_id in stale:
             touched[doc_id] = clock
 
@@ -176,6 +149,7 @@ class SqlStore:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        await self._appender.close()
         await self.engine.dispose()
 
 

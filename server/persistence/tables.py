@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
@@ -13,7 +14,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(
     naming_convention={
@@ -26,6 +30,41 @@ metadata = MetaData(
 
 # SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# A list of strings (tags); JSONB on PostgreSQL so that containment (@>) can filter by tag.
+Tags = JSON().with_variant(JSONB(), "postgresql")
+
+departments = Table(
+    "departments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),  # the name tokens carry
+    Column("display_name", String(200), nullable=True),
+    Column(
+        "department_id",
+        Integer,
+        ForeignKey("departments.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+)
+
+folders = Table(
+    "folders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("parent_id", Integer, ForeignKey("folders.id"), nullable=True),
+    Column("department", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=True),
+    Index("ix_folders_parent_id", "parent_id"),
+)
 
 documents = Table(
     "documents",
@@ -35,6 +74,18 @@ documents = Table(
     Column("snapshot_id", BigId, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Workspace metadata. A client that opens an unknown id creates a row with none of it,
+    # so every one of these is nullable.
+    Column("kind", String(16), nullable=True),
+    Column("title", String(300), nullable=True),
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="SET NULL"), nullable=True),
+    Column("department", String(64), nullable=True),
+    Column("tags", Tags, nullable=True),
+    Column("notes", Text, nullable=True),
+    Column("created_by", String(128), nullable=True),
+    Column("updated_by", String(128), nullable=True),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Index("ix_documents_folder_id", "folder_id"),
 )
 
 updates = Table(
@@ -63,4 +114,32 @@ snapshots = Table(
     Column("created_by", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_snapshots_doc_id_id", "doc_id", "id"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("folder_id", Integer, ForeignKey("folders.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("blob_key", String(128), nullable=False),
+    Column("uploaded_by", String(128), nullable=True),
+    Column("uploaded_at", DateTime(timezone=True), nullable=False),
+    Column("tags", Tags, nullable=True),
+    Column("notes", Text, nullable=True),
+    Column(
+        "attached_doc",
+        String(128),
+        ForeignKey("documents.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    Column("attached_task", String(128), nullable=True),
+    Column("attached_message", String(128), nullable=True),
+    UniqueConstraint("folder_id", "name", "version"),
+    Index("ix_files_attached_doc", "attached_doc"),
+    Index("ix_files_blob_key", "blob_key"),
 )

@@ -1,0 +1,16 @@
+"""The REST API under /api: JSON in and out, errors as `{"error": {...}}`."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from server.api import docs, files, folders, openapi
+from server.api.errors import HANDLERS
+
+routes: list[BaseRoute] = [*docs.routes, *folders.routes, *files.routes, *openapi.routes]
+
+
+def create_api() -> Starlette:
+    """The API as an app of its own, mounted at /api, so its errors are JSON."""
+    return Starlette(routes=routes, exception_handlers=dict(HANDLERS))
