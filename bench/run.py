@@ -1,0 +1,756 @@
+"""Benchmark Tandem side by side with the reference Node servers.
+
+    .venv/bin/python bench/run.py                     # every scenario, every server
+    .venv/bin/python bench/run.py --quick             # a short smoke run (about 3 minutes)
+    .venv/bin/python bench/run.py --scenarios fanout,rooms --duration 60
+    .venv/bin/python bench/run.py --persistence postgres
+
+For every case (one scenario at one size) each server is started fresh on a free port on
+127.0.0.1, the load generator (bench/loadgen.mjs, Node) runs against it, and the server is
+stopped; the servers take turns case by case, in a rotating order, so a drift in the machine's
+load spreads over all of them. Raw results go to bench/results/<timestamp>.jsonl; at the end a
+table gives each figure per server and the ratio Tandem / best reference server.
+
+Servers: Tandem (`python -m server serve`, persistence on: SQLite in a scratch folder, or a
+scratch PostgreSQL database with --persistence postgres), `@y/websocket-server` and
+`@hocuspocus/server` (bench/servers/*.mjs, in memory). Run `npm ci` in bench/ first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+LOADGEN = BENCH / "loadgen.mjs"
+REFERENCES = ("y-websocket-server", "hocuspocus")
+ALL_SERVERS = ("tandem", *REFERENCES)
+ALL_SCENARIOS = ("fanout", "stress", "rooms", "cold", "persist")
+DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[run {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclass
+class Case:
+    scenario: str  # fanout, stress, rooms, cold, persist-fanout, persist-rooms
+    label: str  # how the table names it
+    args: dict[str, Any]  # loadgen options
+    servers: tuple[str, ...]  # which servers (variants) run it
+    timeout: float  # seconds the load generator may take
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for Tandem
+
+
+def plan(opts: argparse.Namespace) -> list[Case]:
+    quick = opts.quick
+    duration = opts.duration if opts.duration is not None else (6 if quick else 60)
+    warmup = opts.warmup if opts.warmup is not None else (3 if quick else 5)
+    timing = {"duration": duration, "warmup": min(warmup, duration / 2)}
+    budget = duration + 240
+    servers = tuple(s for s in ALL_SERVERS if s in opts.servers)
+    tandem_db = opts.persistence
+    cases: list[Case] = []
+
+    def traffic(
+        scenario: str,
+        label: str,
+        rooms: int,
+        writers: int,
+        readers: int,
+        rate: float,
+        variants: tuple[str, ...],
+    ) -> Case:
+        args = {
+            "scenario": scenario,
+            "procs": opts.gen_procs,
+            "rooms": rooms,
+            "writers": writers,
+            "readers": readers,
+            "rate": rate,
+            **timing,
+        }
+        return Case(scenario, label, args, variants, budget)
+
+    main = tuple(f"tandem-{tandem_db}" if s == "tandem" else s for s in servers)
+    if "fanout" in opts.scenarios:
+        for readers in [50] if quick else [50, 200, 500]:
+            cases.append(traffic("fanout", f"fanout R={readers} @20/s", 1, 1, readers, 20, main))
+    if "stress" in opts.scenarios:
+        for rate in [30] if quick else [30, 100]:
+            cases.append(traffic("stress", f"stress R=500 @{rate}/s", 1, 1, 500, rate, main))
+    if "rooms" in opts.scenarios:
+        for rooms in [200] if quick else [200, 1000]:
+            cases.append(traffic("rooms", f"rooms {rooms}x2 @2/s", rooms, 2, 0, 2, main))
+    if "cold" in opts.scenarios:
+        updates = 2000 if quick else 20000
+        args = {
+            "scenario": "cold",
+            "updates": updates,
+            "fresh": 2 if quick else 5,
+            "unloaded-rounds": 1 if quick else 3,
+        }
+        cases.append(
+            Case(
+                "cold",
+                f"cold {updates} updates",
+                args,
+                main,
+                600,
+                env={"TANDEM_ROOM_GRACE_SECONDS": "1"},
+            )
+        )
+    if "persist" in opts.scenarios and "tandem" in servers:
+        variants = ("tandem-sqlite", "tandem-postgres", "tandem-deferred")
+        readers = 50 if quick else 500
+        rooms = 200 if quick else 1000
+        cases.append(
+            traffic(
+                "persist-fanout", f"persist fanout R={readers} @20/s", 1, 1, readers, 20, variants
+            )
+        )
+        cases.append(
+            traffic("persist-rooms", f"persist rooms {rooms}x2 @2/s", rooms, 2, 0, 2, variants)
+        )
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------
+# servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as res:
+            return res.status, res.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class PostgresScratch:
+    """A scratch database on the PostgreSQL server at `admin` (dropped afterwards)."""
+
+    def __init__(self, admin: str, name: str) -> None:
+        self.admin = admin
+        self.name = name
+        host = admin.split("@", 1)[-1].rsplit("/", 1)[0]
+        user = admin.split("://", 1)[1].split("@", 1)[0] if "@" in admin else "postgres"
+        self.url = f"postgresql+asyncpg://{user}@{host}/{name}"
+
+    async def _admin(self, sql: str) -> Any:
+        import asyncpg  # the project's own dependency
+
+        conn = await asyncpg.connect(self.admin, timeout=10)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    def create(self) -> None:
+        asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        out = subprocess.run(
+            [sys.executable, "-m", "server", "db", "upgrade", "--database-url", self.url],
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"db upgrade failed: {out.stderr[-2000:]}")
+
+    def drop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+    def backend_cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by the server processes serving this database."""
+        try:
+            rows = asyncio.run(
+                self._admin(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.name}'")
+            )
+        except Exception:
+            return None
+        total = 0.0
+        for row in rows:
+            cpu = proc_cpu_seconds(row["pid"])
+            if cpu is not None:
+                total += cpu
+        return round(total, 3)
+
+
+class Server:
+    """One server process, started fresh for one case and stopped after it."""
+
+    def __init__(self, variant: str, opts: argparse.Namespace, env: dict[str, str], tag: str):
+        self.variant = variant
+        self.opts = opts
+        self.extra_env = env
+        self.tag = tag
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
+        self.pg: PostgresScratch | None = None
+        self.dialect = "hocuspocus" if variant == "hocuspocus" else "y-websocket"
+        self.is_tandem = variant.startswith("tandem")
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+        if self.is_tandem:
+            if self.variant == "tandem-postgres":
+                self.pg = PostgresScratch(self.opts.pg_admin, f"tandem_bench_{self.tag}")
+                self.pg.create()
+                url = self.pg.url
+            else:
+                url = f"sqlite+aiosqlite:///{self.workdir / 'tandem.db'}"
+            env.update({"TANDEM_DATABASE_URL": url, "TANDEM_LOG_LEVEL": "warning"})
+            if self.variant == "tandem-deferred":
+                # No commit during the run: the group-commit window outlasts it, so each update
+                # costs only its Writer.add (a list append). The closest Tandem has to "without
+                # persistence" short of a server flag; the server is killed afterwards.
+                env["TANDEM_COMMIT_DELAY_MS"] = str(3600 * 1000)
+            env.update(self.extra_env)
+            env.update(self.opts.tandem_env)
+            cmd = [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ]
+            ready = f"{self.http_url}/readyz"
+        else:
+            script = BENCH / "servers" / f"{self.variant}.mjs"
+            cmd = [self.opts.node, str(script), str(self.port)]
+            ready = f"{self.http_url}/"
+        self.log = open(self.workdir / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self.workdir if self.is_tandem else BENCH,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.variant} exited at start: {self.log_tail()}")
+            with contextlib.suppress(OSError):
+                if http_get(ready, timeout=1.0)[0] == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.variant} not ready within 60 s: {self.log_tail()}")
+
+    def log_tail(self, n: int = 1500) -> str:
+        try:
+            return (self.workdir / "server.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def tandem_state(self) -> dict[str, Any]:
+        """Tandem's own view after a case: pending writes, dropped peers, persistence."""
+        state: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            state["readyz"] = json.loads(http_get(f"{self.http_url}/readyz")[1])
+        with contextlib.suppress(Exception):
+            text = http_get(f"{self.http_url}/metrics")[1].decode()
+            wanted = (
+                "tandem_slow_peers_dropped_total",
+                "tandem_rejected_frames_total",
+                "tandem_persist_failures_total",
+                "tandem_updates_applied_total",
+                "tandem_compactions_total",
+                "tandem_persist_batch_updates_count",
+                "tandem_persist_batch_updates_sum",
+                "tandem_persist_seconds_sum",
+            )
+            for line in text.splitlines():
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if name in wanted:
+                    state[name] = state.get(name, 0) + float(line.rsplit(" ", 1)[1])
+        if self.pg:
+            state["db_backend_cpu_s"] = self.pg.backend_cpu_seconds()
+        return state
+
+    def stop(self) -> float | None:
+        """Stop the server (SIGTERM, then SIGKILL); return its shutdown time in seconds."""
+        took = None
+        if self.proc and self.proc.poll() is None and self.variant == "tandem-deferred":
+            self.proc.kill()  # its updates were never meant to be committed
+            self.proc.wait(timeout=10)
+        elif self.proc and self.proc.poll() is None:
+            started = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=45)
+                took = round(time.monotonic() - started, 2)
+            except subprocess.TimeoutExpired:
+                log(f"{self.variant} did not stop within 45 s; killing it")
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+        if self.pg:
+            self.pg.drop()
+        return took
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+def run_loadgen(server: Server, case: Case, tag: str, opts: argparse.Namespace) -> dict[str, Any]:
+    assert server.proc is not None
+    args = {
+        **case.args,
+        "url": server.ws_url,
+        "dialect": server.dialect,
+        "pid": server.proc.pid,
+        "clk-tck": CLK_TCK,
+        "tag": tag,
+    }
+    if case.scenario == "cold":
+        if server.is_tandem:  # Tandem unloads idle rooms: also measure a load from storage
+            args["readyz"] = f"{server.http_url}/readyz"
+        else:
+            args.pop("unloaded-rounds", None)
+    cmd = [opts.node, str(LOADGEN)]
+    for key, value in args.items():
+        cmd += [f"--{key}", str(value)]
+    try:
+        out = subprocess.run(cmd, cwd=BENCH, capture_output=True, text=True, timeout=case.timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {
+            "ok": False,
+            "error": f"load generator timed out after {case.timeout:.0f} s",
+            "stderr": (exc.stderr or b"")[-2000:].decode(errors="replace")
+            if isinstance(exc.stderr, bytes)
+            else str(exc.stderr)[-2000:],
+        }
+    if opts.verbose:
+        sys.stderr.write(out.stderr)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {
+            "ok": False,
+            "error": f"no result (exit {out.returncode})",
+            "stderr": out.stderr[-2000:],
+        }
+    result: dict[str, Any] = json.loads(lines[-1])
+    if not result.get("ok"):
+        result["stderr"] = out.stderr[-2000:]
+    return result
+
+
+def rotate(items: tuple[str, ...], k: int) -> list[str]:
+    k %= max(1, len(items))
+    return list(items[k:] + items[:k])
+
+
+def versions(opts: argparse.Namespace) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+    }
+    with contextlib.suppress(Exception):
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    with contextlib.suppress(Exception):
+        pages = os.sysconf("SC_PHYS_PAGES")
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * pages / 2**30, 1)
+    with contextlib.suppress(Exception):
+        info["node"] = subprocess.run(
+            [opts.node, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    with contextlib.suppress(Exception):
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    from importlib.metadata import PackageNotFoundError, version
+
+    py: dict[str, str] = {}
+    for name in (
+        "pycrdt",
+        "uvicorn",
+        "starlette",
+        "websockets",
+        "uvloop",
+        "httptools",
+        "sqlalchemy",
+        "aiosqlite",
+        "asyncpg",
+    ):
+        with contextlib.suppress(PackageNotFoundError):
+            py[name] = version(name)
+    info["python_packages"] = py
+    node: dict[str, str] = {}
+    for name in (
+        "@y/websocket-server",
+        "@hocuspocus/server",
+        "yjs",
+        "y-protocols",
+        "lib0",
+        "ws",
+        "crossws",
+    ):
+        with contextlib.suppress(Exception):
+            pkg = json.loads((BENCH / "node_modules" / name / "package.json").read_text())
+            node[name] = pkg["version"]
+    with contextlib.suppress(Exception):
+        pkg = json.loads(
+            (
+                BENCH
+                / "node_modules"
+                / "@y"
+                / "websocket-server"
+                / "node_modules"
+                / "ws"
+                / "package.json"
+            ).read_text()
+        )
+        node["ws (of @y/websocket-server)"] = pkg["version"]
+    info["node_packages"] = node
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# the table
+
+# (figure, path in the result, lower is better?)
+FIGURES: dict[str, list[tuple[str, str, bool | None]]] = {
+    "traffic": [
+        ("p50 ms", "latency.p50_ms", True),
+        ("p99 ms", "latency.p99_ms", True),
+        ("max ms", "latency.max_ms", True),
+        ("lost", "lost", None),
+        ("delivered/s", "delivered_per_s", False),
+        ("server CPU s", "server_cpu_s", True),
+        ("server peak RSS MB", "server_rss_peak_mb", True),
+        ("PostgreSQL CPU s (whole run)", "db_cpu_s", None),
+        ("uncommitted updates at the end", "uncommitted_at_end", None),
+        ("generator CPU s", "gen_cpu_s", None),
+        ("other CPU s (noise)", "other_cpu_s", None),
+    ],
+    "cold": [
+        ("step 2 arrived ms (median)", "loaded.median_step2_ms", True),
+        ("whole document ms (median)", "loaded.median_complete_ms", True),
+        ("step 2 bytes", "loaded.step2_bytes", None),
+        ("unloaded: step 2 ms (median)", "unloaded.median_step2_ms", True),
+        ("unloaded: whole document ms (median)", "unloaded.median_complete_ms", True),
+    ],
+}
+
+
+def dig(result: dict[str, Any], path: str) -> Any:
+    value: Any = result
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if abs(value) >= 10000 else str(value)
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def mark(result: dict[str, Any]) -> str:
+    """The table's mark: (!) not ok (lost updates, errors), (g) the load generator was the limit."""
+    if not result.get("ok", True):
+        return " (!)"
+    if result.get("generator_limited"):
+        return " (g)"
+    return ""
+
+
+def table(
+    records: list[dict[str, Any]], columns: list[str], ratio_of: str | None, references: list[str]
+) -> str:
+    """A markdown table: one row per (case, figure), one column per server."""
+    header = ["case", "figure", *columns]
+    if ratio_of:
+        header.append(f"{ratio_of} / best ref")
+    rows = [header, ["---"] * len(header)]
+    cases: dict[str, dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        cases.setdefault(rec["label"], {})[rec["server"]] = rec
+    for label, by_server in cases.items():
+        kind = "cold" if label.startswith("cold") else "traffic"
+        for name, path, lower in FIGURES[kind]:
+            values = {
+                s: dig(by_server[s]["result"], path) if s in by_server else None for s in columns
+            }
+            if all(v is None for v in values.values()):
+                continue
+            marks = {s: mark(by_server.get(s, {}).get("result", {})) for s in columns}
+            row = [label, name, *(fmt(values[s]) + marks[s] for s in columns)]
+            if ratio_of:
+                ratio = "—"
+                mine = values.get(ratio_of)
+                refs: list[float] = [
+                    float(v) for r in references if isinstance(v := values.get(r), (int, float))
+                ]
+                if lower is not None and isinstance(mine, (int, float)) and refs:
+                    best = min(refs) if lower else max(refs)
+                    if best:
+                        ratio = f"{mine / best:.2f}"
+                row.append(ratio)
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    out = []
+    for r in rows:
+        cells = [
+            ("-" * widths[i]) if r[i] == "---" else r[i].ljust(widths[i]) for i in range(len(r))
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(ALL_SCENARIOS),
+        help=f"comma separated, from {','.join(ALL_SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(ALL_SERVERS),
+        help=f"comma separated, from {','.join(ALL_SERVERS)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
+    parser.add_argument("--duration", type=float, help="seconds of traffic per case (60; quick 6)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds at the start of each case not measured (5; quick 2)"
+    )
+    parser.add_argument(
+        "--persistence",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="Tandem's database in the main scenarios",
+    )
+    parser.add_argument(
+        "--pg-admin",
+        default=os.environ.get("BENCH_PG_ADMIN", DEFAULT_PG_ADMIN),
+        help="libpq URL of a PostgreSQL server where scratch databases may be created and dropped",
+    )
+    parser.add_argument(
+        "--tandem-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra TANDEM_* setting for every Tandem server (repeatable)",
+    )
+    parser.add_argument(
+        "--gen-procs",
+        type=int,
+        default=1,
+        help="load generator processes for the traffic scenarios (default 1: at most one core)",
+    )
+    parser.add_argument("--node", default=shutil.which("node") or "node")
+    parser.add_argument("--verbose", action="store_true", help="show the load generator's log")
+    opts = parser.parse_args(argv)
+    opts.scenarios = [s.strip() for s in opts.scenarios.split(",") if s.strip()]
+    opts.servers = [s.strip() for s in opts.servers.split(",") if s.strip()]
+    try:
+        opts.tandem_env = dict(item.split("=", 1) for item in opts.tandem_env)
+    except ValueError:
+        parser.error("--tandem-env takes NAME=VALUE")
+    unknown = set(opts.scenarios) - set(ALL_SCENARIOS) | set(opts.servers) - set(ALL_SERVERS)
+    if unknown:
+        parser.error(f"unknown: {', '.join(sorted(unknown))}")
+    if not (BENCH / "node_modules" / "yjs").is_dir():
+        parser.error("run `npm ci` in bench/ first")
+
+    cases = plan(opts)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{stamp}.jsonl"
+    meta = {
+        "type": "meta",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "quick": opts.quick,
+        "persistence": opts.persistence,
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        **versions(opts),
+    }
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with path.open("w") as out:
+        out.write(json.dumps(meta) + "\n")
+        out.flush()
+        for i, case in enumerate(cases):
+            for variant in rotate(case.servers, i):
+                tag = f"{stamp.replace('-', '')}c{i}{variant.replace('-', '')}"
+                log(f"{case.label}: {variant}")
+                record = run_case(case, variant, tag, opts)
+                records.append(record)
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                res = record["result"]
+                summary = (
+                    f"p50 {fmt(dig(res, 'latency.p50_ms'))} ms, p99 "
+                    f"{fmt(dig(res, 'latency.p99_ms'))} ms, lost {res.get('lost')}, "
+                    f"server CPU {fmt(res.get('server_cpu_s'))} s, generator CPU "
+                    f"{fmt(res.get('gen_cpu_s'))} s"
+                    if case.scenario != "cold"
+                    else f"whole document {fmt(dig(res, 'loaded.median_complete_ms'))} ms"
+                    f" (unloaded {fmt(dig(res, 'unloaded.median_complete_ms'))} ms)"
+                )
+                log(
+                    f"  {'ok' if res.get('ok') else 'NOT OK'}: {summary}"
+                    + ("" if res.get("ok") else f" — {res.get('error', '')}")
+                )
+    elapsed = time.monotonic() - started
+
+    main_cols = [
+        f"tandem-{opts.persistence}" if s == "tandem" else s
+        for s in ALL_SERVERS
+        if s in opts.servers
+    ]
+    main_records = [r for r in records if not r["scenario"].startswith("persist")]
+    persist_records = [r for r in records if r["scenario"].startswith("persist")]
+    print(
+        f"\nResults: {path.relative_to(ROOT)} ({elapsed:.0f} s; load average at start "
+        f"{' '.join(meta['loadavg_at_start'])})\n"
+    )
+    if main_records:
+        tandem_col = main_cols[0] if main_cols[0].startswith("tandem") else None
+        refs = [c for c in main_cols if c in REFERENCES]
+        print(table(main_records, main_cols, tandem_col if refs else None, refs))
+    if persist_records:
+        print(
+            "\nPersistence: the same traffic, Tandem on SQLite, on PostgreSQL, and with its "
+            "commits deferred past the run; beside them the reference servers (memory only) "
+            "from the same traffic in the main scenarios, where it ran\n"
+        )
+        labels = {r["label"] for r in persist_records}
+        same_traffic = [
+            {**r, "label": f"persist {r['label']}"}
+            for r in main_records
+            if r["server"] in REFERENCES and f"persist {r['label']}" in labels
+        ]
+        refs = [c for c in REFERENCES if any(r["server"] == c for r in same_traffic)]
+        columns = ["tandem-sqlite", "tandem-postgres", "tandem-deferred", *refs]
+        ratio = "tandem-deferred" if refs else None
+        print(table(persist_records + same_traffic, columns, ratio, refs))
+    print(
+        "\n(!) not ok: lost updates, dropped connections or errors; (g) the load generator could "
+        "not keep its send rate or was busy > 90 % of the window (its figures are a lower bound)"
+    )
+    failed = [r for r in records if not r["result"].get("ok")]
+    if failed:
+        print("\nNot ok (lost updates, dropped connections or errors):")
+        for r in failed:
+            res = r["result"]
+            print(
+                f"  {r['label']} on {r['server']}: lost={res.get('lost')} "
+                f"closes={res.get('unexpected_closes')} {res.get('close_codes', '')} "
+                f"{res.get('error', '')}"
+            )
+    return 1 if failed else 0
+
+
+def run_case(case: Case, variant: str, tag: str, opts: argparse.Namespace) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "type": "case",
+        "scenario": case.scenario,
+        "label": case.label,
+        "server": variant,
+        "params": case.args,
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+    }
+    server = Server(variant, opts, case.env if variant.startswith("tandem") else {}, tag)
+    try:
+        server.start()
+        record["result"] = run_loadgen(server, case, tag, opts)
+        if server.is_tandem:
+            state = server.tandem_state()
+            record["tandem"] = state
+            record["result"]["db_cpu_s"] = state.get("db_backend_cpu_s")
+            record["result"]["uncommitted_at_end"] = state.get("readyz", {}).get("pending_updates")
+    except Exception as exc:  # a failed start or database: record it and go on
+        record["result"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        record["shutdown_s"] = server.stop()
+        if not record["result"].get("ok"):
+            record["server_log_tail"] = server.log_tail()
+        server.cleanup()
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(main())
