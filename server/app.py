@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,9 @@ from server import __version__
 from server.api import create_api
 from server.blobs import FileBlobStore
 from server.persistence import migrate
+from server.persistence.memory import MemoryStore
 from server.persistence.sql import SqlStore, create_engine
+from server.persistence.store import Store
 from server.persistence.writer import Writer
 from server.rooms.registry import Registry
 from server.rooms.session import SyncEndpoint
@@ -33,13 +36,31 @@ class SchemaOutOfDate(RuntimeError):
 
 @contextlib.asynccontextmanager
 async def lifespan_for(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    engine = create_engine(settings.database_url)
-    if settings.is_sqlite:
+    with contextlib.ExitStack() as scratch:
+        async with _running(settings, scratch) as state:
+            yield state
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    settings: Settings, scratch: contextlib.ExitStack
+) -> AsyncIterator[dict[str, Any]]:
+    store: Store
+    if settings.in_memory:
+        # Documents only in memory (benchmarks, trials); workspace metadata in a scratch
+        # SQLite file that goes away with the process.
+        folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="tandem-"))
+        engine = create_engine(f"sqlite+aiosqlite:///{folder}/workspace.db")
         await migrate.upgrade(engine)
-    elif await migrate.current(engine) != migrate.head():
-        await engine.dispose()
-        raise SchemaOutOfDate("the database schema is not current: run `tandem db upgrade`")
-    store = SqlStore(engine)
+        store = MemoryStore()
+    else:
+        engine = create_engine(settings.database_url)
+        if settings.is_sqlite:
+            await migrate.upgrade(engine)
+        elif await migrate.current(engine) != migrate.head():
+            await engine.dispose()
+            raise SchemaOutOfDate("the database schema is not current: run `tandem db upgrade`")
+        store = SqlStore(engine)
     writer = Writer(
         store,
         delay=settings.commit_delay_ms / 1000,
@@ -48,7 +69,8 @@ async def lifespan_for(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     )
     registry = Registry(store, writer, grace=settings.room_grace_seconds)
     commit_loop = asyncio.get_running_loop().create_task(writer.run())
-    log.info("tandem %s ready; database %s", __version__, engine.url.render_as_string())
+    where = "memory (nothing is stored)" if settings.in_memory else engine.url.render_as_string()
+    log.info("tandem %s ready; documents in %s", __version__, where)
     try:
         yield {
             "settings": settings,
@@ -65,6 +87,7 @@ async def lifespan_for(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         with contextlib.suppress(asyncio.CancelledError):
             await commit_loop
         await store.close()
+        await engine.dispose()
         log.info("tandem stopped; every update committed: %s", writer.pending() == 0)
 
 

@@ -10,7 +10,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    # Any SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db
+    # Any SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db;
+    # or memory:// to keep documents in memory only.
     database_url: str = "sqlite+aiosqlite:///./data/tandem.db"
     # Unset: a single process. (Multi-process fan-out through Redis builds on this.)
     redis_url: str | None = None
@@ -34,6 +35,11 @@ class Settings(BaseSettings):
     # Uploaded files: content-addressed blobs under this folder, at most this many bytes each.
     blob_dir: str = "./data/blobs"
     max_upload_bytes: int = 512 * 1024 * 1024
+
+    @property
+    def in_memory(self) -> bool:
+        """`memory://`: documents are kept in memory only (for benchmarks and trials)."""
+        return self.database_url == "memory://"
 
     @property
     def is_sqlite(self) -> bool:

@@ -179,7 +179,7 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
 
     async def factory(database_url: str | None = None, **env: str) -> ServerProcess:
         url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'tandem.db'}"
-        if not url.startswith("sqlite"):
+        if url.startswith("postgresql"):
             await upgrade_schema(url)
         server = ServerProcess(url, tmp_path, env)
         started.append(server)
