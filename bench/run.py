@@ -126,7 +126,7 @@ def plan(opts: argparse.Namespace) -> list[Case]:
             )
         )
     if "persist" in opts.scenarios and "tandem" in servers:
-        variants = ("tandem-sqlite", "tandem-postgres", "tandem-deferred")
+        variants = ("tandem-sqlite", "tandem-postgres", "tandem-memory")
         readers = 50 if quick else 500
         rooms = 200 if quick else 1000
         cases.append(
@@ -249,14 +249,11 @@ class Server:
                 self.pg = PostgresScratch(self.opts.pg_admin, f"tandem_bench_{self.tag}")
                 self.pg.create()
                 url = self.pg.url
+            elif self.variant == "tandem-memory":
+                url = "memory://"  # Tandem without persistence: documents in memory only
             else:
                 url = f"sqlite+aiosqlite:///{self.workdir / 'tandem.db'}"
             env.update({"TANDEM_DATABASE_URL": url, "TANDEM_LOG_LEVEL": "warning"})
-            if self.variant == "tandem-deferred":
-                # No commit during the run: the group-commit window outlasts it, so each update
-                # costs only its Writer.add (a list append). The closest Tandem has to "without
-                # persistence" short of a server flag; the server is killed afterwards.
-                env["TANDEM_COMMIT_DELAY_MS"] = str(3600 * 1000)
             env.update(self.extra_env)
             env.update(self.opts.tandem_env)
             cmd = [
@@ -327,10 +324,7 @@ class Server:
     def stop(self) -> float | None:
         """Stop the server (SIGTERM, then SIGKILL); return its shutdown time in seconds."""
         took = None
-        if self.proc and self.proc.poll() is None and self.variant == "tandem-deferred":
-            self.proc.kill()  # its updates were never meant to be committed
-            self.proc.wait(timeout=10)
-        elif self.proc and self.proc.poll() is None:
+        if self.proc and self.proc.poll() is None:
             started = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -694,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     if persist_records:
         print(
             "\nPersistence: the same traffic, Tandem on SQLite, on PostgreSQL, and with its "
-            "commits deferred past the run; beside them the reference servers (memory only) "
+            "in memory only (memory://); beside them the reference servers (memory only) "
             "from the same traffic in the main scenarios, where it ran\n"
         )
         labels = {r["label"] for r in persist_records}
@@ -704,8 +698,8 @@ def main(argv: list[str] | None = None) -> int:
             if r["server"] in REFERENCES and f"persist {r['label']}" in labels
         ]
         refs = [c for c in REFERENCES if any(r["server"] == c for r in same_traffic)]
-        columns = ["tandem-sqlite", "tandem-postgres", "tandem-deferred", *refs]
-        ratio = "tandem-deferred" if refs else None
+        columns = ["tandem-sqlite", "tandem-postgres", "tandem-memory", *refs]
+        ratio = "tandem-memory" if refs else None
         print(table(persist_records + same_traffic, columns, ratio, refs))
     print(
         "\n(!) not ok: lost updates, dropped connections or errors; (g) the load generator could "
