@@ -21,6 +21,7 @@ from server.settings import Settings
 log = logging.getLogger("tandem.rooms")
 
 # Letters of any script, digits, "_", "." and "-"; no separators that could alias keys.
+_REJECTED = "tandem.rejected"
 DOC_ID = re.compile(r"\w[\w.-]{0,127}")
 
 
@@ -90,27 +91,47 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         client,
         " read-only" if principal.read_only else "",
     )
+
+    def deliver(data: bytes) -> None:
+        """The per-message hot path, called by the protocol as each frame is parsed."""
+        nonlocal frames
+        frames += 1
+        metrics.FRAMES_IN.inc()
+        metrics.BYTES_IN.inc(len(data))
+        try:
+            room.receive(peer, data)
+        except RejectedFrame as exc:
+            wire.handler = None  # later frames wait in the queue behind the rejection
+            wire.post({"type": _REJECTED, "code": exc.code, "reason": exc.reason})
+        except Exception:
+            log.exception("error handling a frame doc=%s peer=%d", doc_id, peer.id)
+            wire.handler = None
+            wire.post({"type": _REJECTED, "code": 1011, "reason": "internal error"})
+
     try:
         room.join(peer)
+        wire.handler = deliver
         while True:
             message = await receive()
-            if message["type"] != "websocket.receive":
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("bytes")
+                if data is None:
+                    raise RejectedFrame(1003, "text frames are not y-protocols messages")
+                deliver(data)
+            elif kind == _REJECTED:
+                raise RejectedFrame(message["code"], message["reason"])
+            else:
                 code = message.get("code")
                 reason = message.get("reason") or ""
                 break
-            data = message.get("bytes")
-            if data is None:
-                raise RejectedFrame(1003, "text frames are not y-protocols messages")
-            frames += 1
-            metrics.FRAMES_IN.inc()
-            metrics.BYTES_IN.inc(len(data))
-            room.receive(peer, data)
     except RejectedFrame as exc:
         code, reason = exc.code, exc.reason
         metrics.REJECTED_FRAMES.labels(str(exc.code)).inc()
         log.warning("ws rejected frame doc=%s peer=%d: %d %s", doc_id, peer.id, code, reason)
         await close(exc.code, exc.reason)
     finally:
+        wire.handler = None
         peer.closed = True
         room.leave(peer)
         registry.release(doc_id)

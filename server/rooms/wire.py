@@ -11,6 +11,7 @@ and the caller disconnects a peer that stops reading.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -30,7 +31,31 @@ def frame_binary(payload: bytes) -> bytes:
 
 
 class WireProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's default WebSocket protocol, plus a scope extension naming this connection."""
+    """uvicorn's default WebSocket protocol, plus a scope extension naming this connection
+    and a direct path for binary messages.
+
+    Through ASGI every message costs a queue item, a task wake-up and a pause and resume of
+    reading (two system calls). Once a session sets `handler`, binary messages are handed to
+    it synchronously as they are parsed instead; text frames, disconnects and everything
+    before the session is set up still take the ASGI way.
+    """
+
+    handler: Callable[[bytes], None] | None = None
+
+    def send_receive_event_to_app(self) -> None:
+        handler = self.handler
+        if handler is None or self.curr_msg_data_type != "bytes":
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.frames = []
+        if not self.close_sent:
+            handler(data)
+
+    def post(self, event: dict[str, Any]) -> None:
+        """Queue an event for the ASGI side of this connection (e.g. a rejection)."""
+        self.queue.put_nowait(event)  # type: ignore[arg-type]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
