@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from server import __version__
+from server import __version__, demo
 from server.api import create_api
 from server.blobs import FileBlobStore
 from server.persistence import migrate
@@ -56,7 +56,7 @@ async def _running(
     else:
         engine = create_engine(settings.database_url)
         if settings.is_sqlite:
-            await migrate.upgrade(engine)
+            await migrate.ensure_current(engine)
         elif await migrate.current(engine) != migrate.head():
             await engine.dispose()
             raise SchemaOutOfDate("the database schema is not current: run `tandem db upgrade`")
@@ -72,6 +72,8 @@ async def _running(
     where = "memory (nothing is stored)" if settings.in_memory else engine.url.render_as_string()
     log.info("tandem %s ready; documents in %s", __version__, where)
     try:
+        if settings.demo:
+            await demo.seed(engine, registry)
         yield {
             "settings": settings,
             "store": store,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from server import __version__
 
@@ -20,6 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="listen port (TANDEM_PORT, default 8000)")
     serve.add_argument("--database-url", help="SQLAlchemy async URL (TANDEM_DATABASE_URL)")
     serve.add_argument("--log-level", help="debug, info, warning (TANDEM_LOG_LEVEL)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="seed the Double-11 example workspace if it is not there yet (TANDEM_DEMO=1)",
+    )
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -32,11 +39,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--read-only", action="store_true")
     token.add_argument("--ttl", type=float, help="seconds until the token expires")
 
+    export = commands.add_parser(
+        "export",
+        help="export a document, or every document of a folder, read-only",
+        description="Export from the database directly (the server may be running or not): "
+        "`tandem export DOC --format md|html|json [--version N] [-o FILE]`, or "
+        "`tandem export --folder F --out DIR [--format md|html|json]` for a folder "
+        "(id or name) and its subfolders, one file per document.",
+    )
+    export.add_argument("doc", nargs="?", metavar="DOC", help="the document id")
+    export.add_argument("--format", choices=("md", "html", "json"), default="md")
+    export.add_argument("--version", type=int, help="a stored version (its snapshot id)")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here, not to stdout")
+    export.add_argument("--folder", metavar="F", help="export a folder (id or name)")
+    export.add_argument("--out", metavar="DIR", help="with --folder: the output directory")
+    export.add_argument("--database-url", help="SQLAlchemy async URL (TANDEM_DATABASE_URL)")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "db":
         return _db_upgrade(args)
+    if args.command == "export":
+        if (args.doc is None) == (args.folder is None):
+            export.error("give either DOC or --folder F")
+        if args.folder is not None and (args.out is None or args.output or args.version):
+            export.error("--folder needs --out DIR and takes neither -o nor --version")
+        if args.doc is not None and args.out is not None:
+            export.error("--out is for --folder; use -o FILE for one document")
+        return _export(args)
     return _token(args)
 
 
@@ -45,7 +76,7 @@ def _settings(args: argparse.Namespace) -> object:
 
     overrides = {
         key: value
-        for key in ("host", "port", "database_url", "log_level")
+        for key in ("host", "port", "database_url", "log_level", "demo")
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -76,9 +107,35 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     logs.install_redaction()
-    server.run()
+    run_on_deep_stack(server)
     # uvicorn returns normally when startup fails (the lifespan raised); say so in the code.
     return 0 if server.started else 1
+
+
+def run_on_deep_stack(server: Any) -> None:
+    """Run the uvicorn server on a big-stack thread; this (main) thread handles signals.
+
+    pycrdt decodes nested values recursively in Rust: an update nesting plain values a few
+    ten thousand levels deep (a 60 KB frame) overflows a default 8 MiB stack and kills the
+    process with a segfault, which no exception handler can catch. The event loop, where
+    rooms apply untrusted updates, therefore runs on a thread with a stack large enough for
+    any frame under the message size limit (reserved address space, not memory).
+    """
+    import signal
+
+    from shared.documents import start_deep_thread
+
+    thread = start_deep_thread(server.run, "tandem-loop")
+
+    def stop(signum: int, _frame: Any) -> None:
+        if server.should_exit and signum == signal.SIGINT:
+            server.force_exit = True
+        server.should_exit = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while thread.is_alive():
+        thread.join(0.25)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -100,6 +157,83 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     revision = asyncio.run(run())
     print(f"database at revision {revision}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from server.export.offline import ExportError
+    from shared.documents import call_with_deep_stack
+
+    run = _export_folder if args.folder else _export_doc
+    try:
+        # On a big stack: loading merges stored updates, which pycrdt decodes recursively.
+        return call_with_deep_stack(lambda: asyncio.run(run(args)))
+    except (ExportError, OSError) as exc:
+        print(f"tandem export: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _export_doc(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from server.export.offline import export_one, open_database, write_file
+    from server.settings import Settings
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    engine = await open_database(settings.database_url)
+    try:
+        exported = await export_one(engine, args.doc, args.format, version=args.version)
+    finally:
+        await engine.dispose()
+    if args.output:
+        write_file(Path(args.output), exported.body)
+    else:
+        sys.stdout.buffer.write(exported.body)
+        sys.stdout.flush()
+    return 0
+
+
+async def _export_folder(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from server.export.offline import (
+        ExportError,
+        Progress,
+        export_one,
+        folder_documents,
+        open_database,
+        relative_paths,
+        write_file,
+    )
+    from server.settings import Settings
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    out = Path(args.out)
+    engine = await open_database(settings.database_url)
+    failed: list[str] = []
+    written = 0
+    try:
+        entries = await folder_documents(engine, args.folder)
+        progress = Progress(len(entries))
+        try:
+            for entry, path in zip(entries, relative_paths(entries, args.format), strict=True):
+                try:
+                    exported = await export_one(engine, entry.doc_id, args.format)
+                except ExportError as exc:
+                    failed.append(f"{entry.doc_id}: {exc}")
+                else:
+                    write_file(out / path, exported.body)
+                    written += 1
+                progress.advance(str(path))
+        finally:
+            progress.close()
+    finally:
+        await engine.dispose()
+    for problem in failed:
+        print(f"tandem export: skipped {problem}", file=sys.stderr)
+    print(f"exported {written} documents ({args.format}) to {out}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     blob_dir: str = "./data/blobs"
     max_upload_bytes: int = 512 * 1024 * 1024
 
+    # Seed the Double-11 example workspace at start-up unless it is there already.
+    demo: bool = False
+
     @property
     def in_memory(self) -> bool:
         """`memory://`: documents are kept in memory only (for benchmarks and trials)."""

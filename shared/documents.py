@@ -344,7 +344,34 @@ def _type_name(cls: type[Any]) -> str:
     return cls.__name__
 
 
-def call_with_deep_stack(fn: Callable[[], T], *, stack_mb: int = 256) -> T:
+# Stack sizes tried for big-stack threads, largest first: a 16 MiB frame of pure nesting needs
+# about 2.3 GiB. Only address space is reserved; a machine that refuses gets a smaller one.
+DEEP_STACK_MB = (4096, 1024, 256)
+
+
+def start_deep_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """Start a thread with the largest stack the machine will reserve; code on it may call
+    the readers directly (they detect it)."""
+
+    def run() -> None:
+        _DEEP.active = True
+        target()
+
+    with _STACK_LOCK:
+        for size in DEEP_STACK_MB:
+            previous = threading.stack_size(size * 1024 * 1024)
+            try:
+                thread = threading.Thread(target=run, name=name, daemon=True)
+                thread.start()
+                return thread
+            except (RuntimeError, MemoryError):
+                continue
+            finally:
+                threading.stack_size(previous)
+    raise RuntimeError("could not start a thread with a large stack")
+
+
+def call_with_deep_stack(fn: Callable[[], T]) -> T:
     """Run `fn()` on a fresh thread with a large C stack and return its result (or raise).
 
     pycrdt converts plain nested values in Rust, recursively; a value nested about 20,000 levels
@@ -359,20 +386,12 @@ def call_with_deep_stack(fn: Callable[[], T], *, stack_mb: int = 256) -> T:
     error: list[BaseException] = []
 
     def run() -> None:
-        _DEEP.active = True
         try:
             result.append(fn())
         except BaseException as exc:
             error.append(exc)
 
-    with _STACK_LOCK:
-        previous = threading.stack_size(stack_mb * 1024 * 1024)
-        try:
-            thread = threading.Thread(target=run, name="tandem-deep-stack", daemon=True)
-            thread.start()
-        finally:
-            threading.stack_size(previous)
-    thread.join()
+    start_deep_thread(run, "tandem-deep-stack").join()
     if error:
         raise error[0]
     return result[0]

@@ -5,10 +5,17 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from server.api import docs, files, folders, openapi
+from server.api import docs, edits, files, folders, openapi, versions
 from server.api.errors import HANDLERS
 
-routes: list[BaseRoute] = [*docs.routes, *folders.routes, *files.routes, *openapi.routes]
+routes: list[BaseRoute] = [
+    *docs.routes,
+    *edits.routes,
+    *versions.routes,
+    *folders.routes,
+    *files.routes,
+    *openapi.routes,
+]
 
 
 def create_api() -> Starlette:

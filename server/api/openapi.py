@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import __version__
-from server.api import docs, files, folders
+from server.api import docs, edits, files, folders, versions
 
 _REF = "#/components/schemas/{model}"
 
@@ -41,6 +41,14 @@ _INPUTS: list[type[BaseModel]] = [
     folders.FolderCreate,
     folders.FolderUpdate,
     files.AttachBody,
+    edits.TaskCreate,
+    edits.TaskUpdate,
+    edits.SubtaskCreate,
+    edits.SubtaskUpdate,
+    edits.MessageCreate,
+    edits.TextBody,
+    edits.UpdateBody,
+    versions.VersionCreate,
 ]
 _OUTPUTS: list[type[BaseModel]] = [
     docs.Document,
@@ -50,6 +58,15 @@ _OUTPUTS: list[type[BaseModel]] = [
     files.File,
     files.FileList,
     files.VersionList,
+    edits.Task,
+    edits.Message,
+    edits.Content,
+    edits.UpdateResult,
+    versions.DocVersion,
+    versions.DocVersionList,
+    versions.DocVersionDetail,
+    versions.RestoreResult,
+    versions.VersionDiff,
     Error,
 ]
 
@@ -250,6 +267,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                 tag="files",
             ),
         },
+        **_content_paths(read, write),
+        **_version_paths(read, write),
         "/api/openapi.json": {
             "get": {
                 "summary": "This description",
@@ -266,13 +285,177 @@ def _paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Reading and changing a document's content (server/api/edits.py). A task operation on
+    a document that is not a board (text outside a `doc`, a message outside a discussion) is
+    409."""
+    task = _json(edits.Task)
+    return {
+        "/api/docs/{doc_id}/content": {
+            "get": _operation(
+                "The live content of a board, doc or discussion as JSON",
+                ok=(200, "the content, and what in it does not fit", _json(edits.Content)),
+                errors=(401, 403, 404, 409),
+                tag="content",
+            ),
+        },
+        "/api/docs/{doc_id}/updates": {
+            "post": _operation(
+                "Apply a raw Yjs update (octet-stream, or JSON with base64); a bad one is 422 "
+                "and nothing is stored",
+                ok=(200, "applied", _json(edits.UpdateResult)),
+                body={"application/octet-stream": {}, **_json(edits.UpdateBody)},
+                errors=write,
+                tag="content",
+            ),
+        },
+        "/api/docs/{doc_id}/text": {
+            "put": _operation(
+                "Replace a doc's rich text with Markdown or plain text",
+                ok=(200, "the new content", _json(edits.Content)),
+                body={
+                    "text/markdown": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                    **_json(edits.TextBody),
+                },
+                errors=write,
+                tag="content",
+            ),
+        },
+        "/api/docs/{doc_id}/messages": {
+            "post": _operation(
+                "Post a message to a discussion as the caller",
+                ok=(201, "the message", _json(edits.Message)),
+                body=_json(edits.MessageCreate),
+                errors=write,
+                tag="content",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks": {
+            "post": _operation(
+                "Add a task to a board",
+                ok=(201, "the task", task),
+                body=_json(edits.TaskCreate),
+                errors=write,
+                tag="tasks",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}": {
+            "get": _operation(
+                "A task", ok=(200, "the task", task), errors=(401, 403, 404, 409), tag="tasks"
+            ),
+            "patch": _operation(
+                "Change a task: fields, status (a move), order, assignee, due, priority",
+                ok=(200, "the changed task", task),
+                body=_json(edits.TaskUpdate),
+                errors=write,
+                tag="tasks",
+            ),
+            "delete": _operation(
+                "Delete a task", ok=(204, "deleted", None), errors=write, tag="tasks"
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}/complete": {
+            "post": _operation(
+                "Mark a task done",
+                ok=(200, "the task", task),
+                errors=(401, 403, 404, 409),
+                tag="tasks",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}/subtasks": {
+            "post": _operation(
+                "Add a subtask",
+                ok=(201, "the task with its new subtask last", task),
+                body=_json(edits.SubtaskCreate),
+                errors=write,
+                tag="tasks",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}/subtasks/{subtask_id}": {
+            "patch": _operation(
+                "Tick or untick a subtask",
+                ok=(200, "the task", task),
+                body=_json(edits.SubtaskUpdate),
+                errors=write,
+                tag="tasks",
+            ),
+        },
+    }
+
+
+def _version_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Version history, restore, change summaries and read-only exports
+    (server/api/versions.py). A version number is unique across documents."""
+    exports: dict[str, Any] = {
+        media: {} for media in ("text/markdown", "text/html", "application/json")
+    }
+    return {
+        "/api/docs/{doc_id}/versions": {
+            "get": _operation(
+                "A document's versions, newest first: named ones and the newest automatic ones",
+                ok=(200, "the versions", _json(versions.DocVersionList)),
+                errors=read,
+                tag="versions",
+            ),
+            "post": _operation(
+                "Save the document as it is now (every acknowledged edit) as a named version",
+                ok=(201, "the version", _json(versions.DocVersion)),
+                body=_json(versions.VersionCreate),
+                errors=(401, 403, 404, 413, 422),
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/versions/{number}": {
+            "get": _operation(
+                "A version's metadata and content (the JSON read model)",
+                ok=(200, "the version", _json(versions.DocVersionDetail)),
+                errors=read,
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/versions/{number}/restore": {
+            "post": _operation(
+                "Make the document read as this version again, as a new change every "
+                'connected client receives; saved as the named version "restored from '
+                'version N"',
+                ok=(200, "restored", _json(versions.RestoreResult)),
+                errors=(401, 403, 404, 422),
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/diff": {
+            "get": _operation(
+                "What changed between two versions (to: default the document now)",
+                ok=(200, "the changes", _json(versions.VersionDiff)),
+                query=_query(versions.DiffQuery),
+                errors=(401, 403, 404, 422),
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/export": {
+            "get": _operation(
+                "Export read-only as Markdown, HTML or JSON: now, at a version, or as it was "
+                "at a time (the newest version made at or before it)",
+                ok=(200, "the export, shown inline", exports),
+                query=_query(versions.ExportQuery),
+                errors=(401, 403, 404, 422),
+                tag="versions",
+            ),
+        },
+    }
+
+
+_STRING_PARAMETERS = frozenset({"doc_id", "task_id", "subtask_id"})
+
+
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     return [
         {
             "name": name,
             "in": "path",
             "required": True,
-            "schema": {"type": "string"} if name == "doc_id" else {"type": "integer"},
+            "schema": {"type": "string"} if name in _STRING_PARAMETERS else {"type": "integer"},
         }
         for name in re.findall(r"\{(\w+)\}", path)
     ]

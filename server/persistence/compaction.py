@@ -17,6 +17,7 @@ from pycrdt import Doc, get_state, get_update, merge_updates
 
 from server import metrics
 from server.persistence.store import CompactionConflict, Store, StoredDoc
+from shared.documents import call_with_deep_stack
 from shared.protocol import read_varuint
 
 log = logging.getLogger("tandem.persistence")
@@ -83,7 +84,9 @@ async def compact(store: Store, doc_id: str) -> CompactionResult | None:
     stored = await store.load(doc_id)
     if not stored.updates:
         return None
-    state, state_vector = await asyncio.to_thread(build_snapshot, stored)
+    state, state_vector = await asyncio.to_thread(
+        call_with_deep_stack, lambda: build_snapshot(stored)
+    )
     try:
         snapshot_id = await store.replace(
             doc_id, stored.snapshot_id, state, state_vector, stored.seqs

@@ -291,6 +291,18 @@ async def update_document(
     return await get_document(conn, doc_id)
 
 
+async def touch_document(
+    conn: AsyncConnection, doc_id: str, *, updated_by: str | None = None
+) -> bool:
+    """Record that `updated_by` changed a live document's content just now."""
+    result = await conn.execute(
+        update(documents)
+        .where(documents.c.id == doc_id, documents.c.deleted_at.is_(None))
+        .values(updated_by=updated_by, updated_at=now())
+    )
+    return result.rowcount == 1
+
+
 async def move_document(
     conn: AsyncConnection, doc_id: str, folder_id: int | None, *, updated_by: str | None = None
 ) -> Row[Any] | None:

@@ -20,6 +20,7 @@ from server import metrics
 from server.origin import Origin
 from server.persistence.compaction import compact
 from server.persistence.store import Store, UpdateRecord
+from shared.documents import call_with_deep_stack
 
 log = logging.getLogger("tandem.persistence")
 
@@ -41,6 +42,11 @@ class Writer:
         self.compact_after_bytes = compact_after_bytes
         self._queue: list[UpdateRecord] = []
         self._pending: dict[str, int] = defaultdict(int)
+        # Records are numbered as they are queued and committed in that order: `_stored` of
+        # them are committed, `_newest[doc]` is the number of the doc's newest queued record.
+        self._queued = 0
+        self._stored = 0
+        self._newest: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._committed = asyncio.Condition()
         # Rows and bytes stored per document since its last snapshot: the compaction trigger.
@@ -52,6 +58,8 @@ class Writer:
     def add(self, doc_id: str, update: bytes, origin: Origin) -> None:
         self._queue.append(UpdateRecord(doc_id, update, origin.source, origin.author))
         self._pending[doc_id] += 1
+        self._queued += 1
+        self._newest[doc_id] = self._queued
         self._wake.set()
 
     def track(self, doc_id: str, rows: int, size: int) -> None:
@@ -66,9 +74,11 @@ class Writer:
         return len(self._queue) if doc_id is None else self._pending.get(doc_id, 0)
 
     async def flush(self, doc_id: str | None = None, timeout: float | None = None) -> None:
-        """Wait until the updates of `doc_id` (or all) queued so far are committed."""
+        """Wait until the updates of `doc_id` (or all) queued so far are committed; updates
+        queued after the call do not hold it up, so a busy document does not delay it."""
+        target = self._queued if doc_id is None else self._newest.get(doc_id, 0)
         async with asyncio.timeout(timeout), self._committed:
-            await self._committed.wait_for(lambda: self.pending(doc_id) == 0)
+            await self._committed.wait_for(lambda: self._stored >= target)
 
     async def run(self) -> None:
         """The commit loop; runs until cancelled."""
@@ -85,7 +95,10 @@ class Writer:
     async def _commit(self, batch: list[UpdateRecord]) -> None:
         # merge_updates releases the GIL and grows faster than linearly: big batches are
         # merged off the event loop.
-        rows = await asyncio.to_thread(coalesce, batch) if len(batch) > 256 else coalesce(batch)
+        if len(batch) > 256:
+            rows = await asyncio.to_thread(call_with_deep_stack, lambda: coalesce(batch))
+        else:
+            rows = coalesce(batch)
         backoff = 0.1
         while True:
             started = time.perf_counter()
@@ -103,12 +116,14 @@ class Writer:
         metrics.PERSIST_SECONDS.observe(time.perf_counter() - started)
         metrics.PERSIST_BATCH_UPDATES.observe(len(batch))
         metrics.PERSIST_PENDING.set(len(self._queue))
+        self._stored += len(batch)
         for record in batch:
             left = self._pending[record.doc_id] - 1
             if left:
                 self._pending[record.doc_id] = left
             else:
                 del self._pending[record.doc_id]
+                self._newest.pop(record.doc_id, None)
         for row in rows:
             backlog = self._backlog.get(row.doc_id)
             if backlog is not None:

@@ -13,6 +13,7 @@ from server import metrics
 from server.persistence.store import Store
 from server.persistence.writer import Writer
 from server.rooms.room import Room
+from shared.documents import call_with_deep_stack
 
 log = logging.getLogger("tandem.rooms")
 
@@ -65,7 +66,7 @@ class Registry:
         try:
             stored = await self.store.load(doc_id)
             if sum(map(len, stored.updates)) > _BIG_STATE:
-                state = await asyncio.to_thread(stored.merged)
+                state = await asyncio.to_thread(call_with_deep_stack, stored.merged)
             else:
                 state = stored.merged()
             room = Room(doc_id, self.writer.add)

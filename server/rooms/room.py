@@ -111,13 +111,16 @@ class Room:
         The effective update goes the same way as a client's: to every peer and to the log.
         """
         self._effective = None
-        with self.doc.transaction():
-            result = change(self.doc)
-        effective = self._effective
-        self._effective = None
-        if effective is not None:
-            self._propagate(effective, origin, None)
-        return result
+        try:
+            with self.doc.transaction():
+                return change(self.doc)
+        finally:
+            # Also when `change` raised half-way: what it wrote is in the document (there
+            # is no rollback), so it must reach the peers and the log like anything else.
+            effective = self._effective
+            self._effective = None
+            if effective is not None:
+                self._propagate(effective, origin, None)
 
     def _propagate(self, effective: bytes, origin: Origin, sender: Peer | None) -> None:
         self.broadcast(frame_binary(encode_update(effective)), sender)

@@ -106,6 +106,21 @@ const seconds = (cmd, fallback) => {
   return value
 }
 
+// Plain JSON to shared types: objects become Y.Map, arrays Y.Array, scalars stay.
+const toShared = (value) => {
+  if (Array.isArray(value)) {
+    const array = new Y.Array()
+    array.push(value.map(toShared))
+    return array
+  }
+  if (value !== null && typeof value === 'object') {
+    const map = new Y.Map()
+    for (const [key, item] of Object.entries(value)) map.set(key, toShared(item))
+    return map
+  }
+  return value
+}
+
 const toBase64 = (bytes) => Buffer.from(bytes).toString('base64')
 const fromBase64 = (text) => new Uint8Array(Buffer.from(text, 'base64'))
 
@@ -175,6 +190,32 @@ const commands = {
     doc.getMap(str(cmd, 'name', 'map')).delete(str(cmd, 'key'))
     return {}
   },
+
+  // Like map_set, below nested Y.Maps: follows `path` (keys) from root map `name`, then sets
+  // `key`. Objects and arrays in `value` become Y.Map and Y.Array (as an app would write
+  // structured data); scalars are stored as they are.
+  map_set_deep: (cmd) => {
+    if (!('value' in cmd)) throw new CommandError('"value" is required')
+    let target = doc.getMap(str(cmd, 'name', 'map'))
+    for (const key of names(cmd, 'path', [])) {
+      const next = target.get(key)
+      if (!(next instanceof Y.Map)) throw new CommandError(`${key} is not a Y.Map`)
+      target = next
+    }
+    const value = toShared(cmd.value)
+    target.set(str(cmd, 'key'), value)
+    return {}
+  },
+
+  // Appends `values` to root array `name` in one transaction, objects and arrays as Y types.
+  array_push_deep: (cmd) => {
+    if (!Array.isArray(cmd.values)) throw new CommandError('"values" must be an array')
+    doc.getArray(str(cmd, 'name', 'array')).push(cmd.values.map(toShared))
+    return {}
+  },
+
+  // The JSON of root map `name` (nested shared types included).
+  map_json: (cmd) => ({ json: doc.getMap(str(cmd, 'name', 'map')).toJSON() }),
 
   xml_insert_paragraph: (cmd) => {
     const fragment = doc.getXmlFragment(str(cmd, 'name', 'xml'))
