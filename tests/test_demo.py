@@ -182,3 +182,41 @@ async def test_demo_seeds_the_double_11_campaign_once_and_exports_cleanly(
     faq_files = list((tmp_path / "faq").iterdir())
     assert len(faq_files) == 1 and faq_files[0].suffix == ".json"
     assert json.loads(faq_files[0].read_text("utf-8"))["problems"] == []
+
+
+async def test_diff_between_two_versions_of_the_demo_board_names_tasks_and_fields(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(TANDEM_DEMO="1")
+    async with httpx.AsyncClient(base_url=f"{server.http_url}/api", timeout=30) as http:
+        board = (await http.get("/docs/d11-board/content")).json()
+        tasks = board["content"]["tasks"]  # task id -> task
+        todo = sorted(task_id for task_id, t in tasks.items() if t["status"] == "todo")
+        moved = {"id": todo[0], **tasks[todo[0]]}
+        reassigned = {"id": todo[1], **tasks[todo[1]]}
+        before = await http.post("/docs/d11-board/versions", json={"name": "发给运营部审核"})
+        assert before.status_code == 201, before.text
+        owner = "张伟" if reassigned.get("assignee") == "吴浩" else "吴浩"
+        priority = "low" if reassigned.get("priority") != "low" else "urgent"
+        changes = [
+            (moved["id"], {"status": "in_progress"}),
+            (reassigned["id"], {"assignee": owner, "priority": priority}),
+        ]
+        for task_id, fields in changes:
+            changed = await http.patch(f"/docs/d11-board/tasks/{task_id}", json=fields)
+            assert changed.status_code == 200, changed.text
+        added = await http.post("/docs/d11-board/tasks", json={"title": "直播间补货提醒"})
+        assert added.status_code == 201, added.text
+        after = await http.post("/docs/d11-board/versions", json={"name": "运营部已改"})
+        assert after.status_code == 201, after.text
+        diff = await http.get(
+            "/docs/d11-board/diff",
+            params={"from": before.json()["number"], "to": after.json()["number"]},
+        )
+    assert diff.status_code == 200, diff.text
+    text_of_diff = json.dumps(diff.json(), ensure_ascii=False)
+    for title in (moved["title"], reassigned["title"], "直播间补货提醒"):
+        assert title in text_of_diff
+    for field in ("status", "assignee", "priority"):
+        assert f'"{field}"' in text_of_diff
+    assert owner in text_of_diff and "in_progress" in text_of_diff
