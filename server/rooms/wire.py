@@ -16,6 +16,12 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import OPEN
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # a build of websockets without its C extension
+    from websockets.utils import apply_mask
 
 SCOPE_KEY = "tandem.wire"
 
@@ -41,6 +47,50 @@ class WireProtocol(WebSocketsSansIOProtocol):
     """
 
     handler: Callable[[bytes], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # Complete, unfragmented, masked binary frames are unmasked here and handed to the
+        # session directly; the library's frame parser, a Python generator, costs several
+        # times as much per frame. Anything else (control frames, fragments, a frame split
+        # across reads, one over the size limit) goes to the library from a frame boundary.
+        if self.handler is not None and not self.frames:
+            conn = self.conn
+            if conn.current_size is None and not conn.reader.buffer and conn.state is OPEN:
+                data = self._deliver_frames(data)
+                if not data:
+                    return
+        super().data_received(data)
+
+    def _deliver_frames(self, data: bytes) -> bytes:
+        """Deliver the whole binary frames at the start of `data`; return what is left."""
+        limit = self.conn.max_message_size
+        pos = 0
+        end = len(data)
+        while end - pos >= 6 and data[pos] == 0x82:  # FIN, binary
+            handler = self.handler
+            if handler is None or self.close_sent:
+                break  # rejected meanwhile: the rest queues behind the rejection
+            length = data[pos + 1]
+            if length < 0x80:
+                break  # a client frame must be masked: let the library refuse it
+            length &= 0x7F
+            head = pos + 2
+            if length == 126:
+                if end - pos < 8:
+                    break
+                length = int.from_bytes(data[head : head + 2], "big")
+                head += 2
+            elif length == 127:
+                break  # 64 KiB and more: rare, left to the library
+            if limit is not None and length > limit:
+                break
+            stop = head + 4 + length
+            if stop > end:
+                break
+            payload = apply_mask(data[head + 4 : stop], data[head : head + 4])
+            pos = stop
+            handler(payload)
+        return data[pos:] if pos else data
 
     def send_receive_event_to_app(self) -> None:
         handler = self.handler
