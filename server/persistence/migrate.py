@@ -7,7 +7,9 @@ without it.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +59,25 @@ async def upgrade(engine: AsyncEngine) -> None:
 
 
 async def ensure_current(engine: AsyncEngine) -> None:
-    """Upgrade only if the schema is behind (the common start-up needs no Alembic)."""
-    if await current(engine) != head():
-        await upgrade(engine)
+    """Upgrade only if the schema is behind, and then in a child process (`tandem db
+    upgrade`), so the server itself never holds Alembic's modules in memory."""
+    if await current(engine) == head():
+        return
+    url = engine.url.render_as_string(hide_password=False)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "db",
+        "upgrade",
+        "--database-url",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"schema upgrade failed:\n{output.decode(errors='replace')}")
 
 
 async def current(engine: AsyncEngine) -> str | None:
