@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 from alembic import command
 from conftest import ServerFactory, ServerProcess
+from helpers import api, assert_error, query, wait_until
 from pycrdt import Array, Map, Text, XmlFragment
 from sqlalchemy import text
 
@@ -18,35 +18,6 @@ from server.api import routes as api_routes
 from server.auth import issue_token
 from server.persistence import migrate
 from server.persistence.sql import create_engine
-
-
-def api(server: ServerProcess, token: str | None = None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=f"{server.http_url}/api", headers=headers, timeout=30)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
-async def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in (await conn.execute(text(sql), params)).all()]
-    finally:
-        await engine.dispose()
-
-
-def assert_error(response: httpx.Response, status: int, field: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["status"] == status
-    assert isinstance(error["message"], str) and error["message"]
-    if field is not None:
-        assert error.get("field") == field, error
 
 
 async def test_create_each_kind_writes_its_shape_through_the_room(

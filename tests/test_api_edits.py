@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ROOT, ServerFactory, ServerProcess
+from helpers import api, query
 from pycrdt import Array, Doc, Map, XmlElement, XmlFragment, XmlText
 from sqlalchemy import text
 from yjs_node import NodeYClient
@@ -29,11 +30,6 @@ from shared import board, discussion
 from shared.documents import initialize
 
 CONVERGE = 5.0
-
-
-def api(server: ServerProcess, token: str | None = None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=f"{server.http_url}/api", headers=headers, timeout=30)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE) -> None:
@@ -52,15 +48,6 @@ async def node_until(
             if predicate(reply):
                 return reply
             await asyncio.sleep(0.01)
-
-
-async def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in (await conn.execute(text(sql), params)).all()]
-    finally:
-        await engine.dispose()
 
 
 def assert_error(response: httpx.Response, status: int, field: str | None = None) -> None:

@@ -13,23 +13,13 @@ from typing import Any
 
 import httpx
 from conftest import ROOT, ServerFactory
-from sqlalchemy import text
+from helpers import query
 
 from server import cli
 from server.api import routes as api_routes
-from server.persistence.sql import create_engine
 
 CAMPAIGN = "双十一大促 2026"
 DEPARTMENTS = {"市场部", "运营部", "客服部"}
-
-
-async def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in (await conn.execute(text(sql), params)).all()]
-    finally:
-        await engine.dispose()
 
 
 def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:

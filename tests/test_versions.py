@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ServerFactory, ServerProcess
+from helpers import api, wait_until
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 from websockets.asyncio.client import connect
 from yjs_node import NodeYClient
@@ -37,17 +38,6 @@ PLAN = (
     "- 首页 Banner\n- 满减券 300-40\n\n"
     "> 客服话术以 FAQ 为准"
 )
-
-
-def api(server: ServerProcess, token: str | None = None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(base_url=f"{server.http_url}/api", headers=headers, timeout=30)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def assert_error(response: httpx.Response, status: int, field: str | None = None) -> None:

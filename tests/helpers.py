@@ -1,0 +1,42 @@
+"""Helpers shared by the tests that drive the REST API of a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from conftest import ServerProcess
+from sqlalchemy import text
+
+from server.persistence.sql import create_engine
+
+
+async def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in (await conn.execute(text(sql), params)).all()]
+    finally:
+        await engine.dispose()
+
+
+def api(server: ServerProcess, token: str | None = None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=f"{server.http_url}/api", headers=headers, timeout=30)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def assert_error(response: httpx.Response, status: int, field: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status
+    assert isinstance(error["message"], str) and error["message"]
+    if field is not None:
+        assert error.get("field") == field, error
