@@ -49,10 +49,6 @@ class Peer:
         # Awareness client ids this connection announced; cleared for everyone when it leaves.
         self.client_ids: set[int] = set()
 
-    @property
-    def user(self) -> str | None:
-        return self.origin.author
-
     def send(self, frame: bytes) -> None:
         if self.closed:
             return

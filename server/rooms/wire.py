@@ -10,7 +10,6 @@ and the caller disconnects a peer that stops reading.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -114,15 +113,7 @@ class WireProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][SCOPE_KEY] = self
 
-    @property
-    def open(self) -> bool:
-        return not (self.close_sent or self.disconnected or self.transport.is_closing())
-
 
 def writer_for(scope: Any) -> WireProtocol | None:
     wire = scope.get("extensions", {}).get(SCOPE_KEY)
     return wire if isinstance(wire, WireProtocol) else None
-
-
-def transport_of(wire: WireProtocol) -> asyncio.Transport:
-    return wire.transport
