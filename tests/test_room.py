@@ -12,7 +12,7 @@ from pycrdt import Doc, Text
 from server.origin import Origin
 from server.rooms.awareness import MAX_CLIENT_IDS_PER_PEER
 from server.rooms.peer import Peer
-from server.rooms.room import RejectedFrame, Room
+from server.rooms.room import LoadFailed, RejectedFrame, Room
 from shared.protocol import (
     MSG_AWARENESS,
     MSG_SYNC,
@@ -168,6 +168,84 @@ def test_load_does_not_reach_the_sink() -> None:
     room.load(update_inserting("stored"))
     assert text_of(room.doc) == "stored"
     assert sink.calls == []
+
+
+# -- cold rooms: the stored state served before the document is built -----------------------
+
+
+def cold_room(stored: bytes) -> tuple[Room, Peer, FakeTransport]:
+    room = Room(DOC_ID, Sink())
+    room.load(stored)
+    transport = FakeTransport()
+    peer = Peer(transport)
+    room.join(peer)
+    return room, peer, transport
+
+
+def test_a_new_client_gets_the_stored_bytes_without_building_the_document() -> None:
+    stored = update_inserting("stored")
+    room, peer, transport = cold_room(stored)
+    expected_vector = Doc()
+    expected_vector.apply_update(stored)
+    assert transport.messages() == [Message(MSG_SYNC, SYNC_STEP1, expected_vector.get_state())]
+    transport.writes.clear()
+
+    room.receive(peer, encode_sync_step1(b"\x00"))
+    assert transport.messages() == [Message(MSG_SYNC, SYNC_STEP2, stored)]
+    # The client's answer to our step 1, when it has nothing new, changes nothing either.
+    room.receive(peer, encode_sync_step2(b"\x00\x00"))
+    assert room.cold
+    assert text_of(room.doc) == "stored"  # built on first use
+    assert not room.cold
+
+
+def test_a_returning_client_gets_only_what_it_lacks_from_a_cold_room() -> None:
+    first = update_inserting("first ")
+    stored_doc = Doc()
+    stored_doc.apply_update(first)
+    stored_doc.apply_update(update_inserting("second ", first))
+    room, peer, transport = cold_room(stored_doc.get_update())
+    client = Doc()
+    client.apply_update(first)
+    transport.writes.clear()
+
+    room.receive(peer, encode_sync_step1(client.get_state()))
+    (answer,) = transport.messages()
+    assert answer.sync == SYNC_STEP2 and len(answer.payload) < len(stored_doc.get_update())
+    client.apply_update(answer.payload)
+    assert text_of(client) == text_of(stored_doc)
+    assert room.cold
+
+
+def test_the_first_update_builds_the_document_and_is_relayed() -> None:
+    stored = update_inserting("stored")
+    room, writer, _ = cold_room(stored)
+    reader_transport = FakeTransport()
+    room.join(Peer(reader_transport))
+    reader_transport.writes.clear()
+
+    room.receive(writer, encode_update(update_inserting("new ", stored)))
+    assert not room.cold
+    assert text_of(room.doc) == "new stored"
+    assert [m.sync for m in reader_transport.messages()] == [SYNC_UPDATE]
+
+
+def test_a_stored_state_that_does_not_apply_breaks_the_room_for_good() -> None:
+    room, peer, _ = cold_room(b"")
+    room.load(b"\xff" * 32, state_vector=b"\x00")  # a caller-supplied vector skips decoding
+    with pytest.raises(RejectedFrame) as rejected:
+        room.receive(peer, encode_update(update_inserting("lost?")))
+    assert rejected.value.code == 1011
+    assert room.broken is not None
+    with pytest.raises(LoadFailed):
+        _ = room.doc
+    with pytest.raises(RejectedFrame):
+        room.receive(peer, encode_update(update_inserting("again")))
+
+
+def test_loading_a_state_that_does_not_decode_raises() -> None:
+    with pytest.raises(ValueError):
+        Room(DOC_ID, Sink()).load(b"\xff" * 32)
 
 
 # -- updates ---------------------------------------------------------------------------------

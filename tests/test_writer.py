@@ -10,6 +10,7 @@ from pycrdt import Doc, Text, TransactionEvent
 
 from server.origin import Origin
 from server.persistence.memory import MemoryStore
+from server.persistence.store import UpdateRecord
 from server.persistence.writer import Writer
 from server.rooms.registry import LoadFailed, Registry
 
@@ -153,6 +154,56 @@ async def test_room_with_unsaved_updates_stays_loaded() -> None:
     finally:
         await registry.close()
         task.cancel()
+
+
+async def test_unloading_a_room_folds_its_update_rows_into_a_snapshot() -> None:
+    store = MemoryStore()
+    writer = Writer(store, delay=0.001, max_batch=1, settle_after_updates=5)
+    task = asyncio.create_task(writer.run())
+    registry = Registry(store, writer, grace=0.01)
+    try:
+        room = await registry.acquire("plan")
+        for update in small_updates(8):
+            room.apply_update(update, WS)
+        await writer.flush("plan", timeout=5)
+        assert len(store.rows["plan"]) == 8 and "plan" not in store.snapshots
+        registry.release("plan")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if "plan" not in registry.rooms:
+                break
+        assert "plan" not in registry.rooms
+        await writer.close(timeout=5)  # waits for the compaction the unload started
+        assert "plan" in store.snapshots and not store.rows["plan"]
+        assert text_of((await store.load("plan")).merged()) == "01234567"
+
+        # A small tail is left as it is: loading it costs less than a snapshot.
+        room = await registry.acquire("plan")
+        room.apply_update(small_updates(9)[8], WS)
+        registry.release("plan")
+        await asyncio.sleep(0.3)
+        assert "plan" not in registry.rooms
+        assert len(store.rows["plan"]) == 1
+        assert text_of((await store.load("plan")).merged()) == "012345678"
+    finally:
+        await registry.close()
+        task.cancel()
+
+
+async def test_a_sync_session_may_get_a_cold_room_and_others_a_built_one() -> None:
+    store = MemoryStore()
+    writer = Writer(store, delay=0.01)
+    await store.append([])
+    doc: Doc[Any] = Doc()
+    doc.get("text", type=Text).insert(0, "stored")
+    await store.append([UpdateRecord("plan", doc.get_update(), "ws", None)])
+    registry = Registry(store, writer, grace=0.05)
+    room = await registry.acquire("plan", warm=False)
+    assert room.cold
+    assert await registry.acquire("plan") is room and not room.cold
+    registry.release("plan")
+    registry.release("plan")
+    await registry.close()
 
 
 async def test_server_side_edit_reaches_peers_and_log() -> None:

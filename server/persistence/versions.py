@@ -109,7 +109,8 @@ class RestoreFailed(RuntimeError):
 
 
 class LiveRoom(Protocol):
-    doc: Doc[Any]
+    @property
+    def doc(self) -> Doc[Any]: ...
 
     def apply_update(self, update: bytes, origin: Origin) -> bytes | None: ...
 

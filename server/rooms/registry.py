@@ -12,16 +12,13 @@ from collections.abc import AsyncIterator
 from server import metrics
 from server.persistence.store import Store
 from server.persistence.writer import Writer
+from server.rooms.room import LoadFailed as LoadFailed
 from server.rooms.room import Room
 from shared.documents import call_with_deep_stack
 
 log = logging.getLogger("tandem.rooms")
 
 _BIG_STATE = 256 * 1024  # merge stored rows in a worker thread above this size
-
-
-class LoadFailed(Exception):
-    """The document could not be loaded; nothing was written and no room was created."""
 
 
 class Registry:
@@ -43,35 +40,55 @@ class Registry:
         self._unloads: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def acquire(self, doc_id: str) -> Room:
-        """The loaded room for `doc_id`; pair every successful call with `release`."""
+    async def acquire(self, doc_id: str, *, warm: bool = True) -> Room:
+        """The loaded room for `doc_id`; pair every successful call with `release`.
+
+        With `warm=False` the room may still be cold (see Room): a sync session can answer
+        its client from the stored bytes before the document is built.
+        """
         self._refs[doc_id] += 1
         self._cancel_unload(doc_id)
-        room = self.rooms.get(doc_id)
-        if room is not None:
-            return room
-        load = self._loads.get(doc_id)
-        if load is None:
-            load = asyncio.get_running_loop().create_task(self._load(doc_id))
-            self._loads[doc_id] = load
         try:
-            # Shielded: a client that gives up does not cancel the load others wait for.
-            return await asyncio.shield(load)
-        except BaseException:
+            room = self.rooms.get(doc_id)
+            if room is None:
+                load = self._loads.get(doc_id)
+                if load is None:
+                    load = asyncio.get_running_loop().create_task(self._load(doc_id))
+                    self._loads[doc_id] = load
+                # Shielded: a client that gives up does not cancel the load others wait for.
+                room = await asyncio.shield(load)
+            if warm or room.broken is not None:
+                room.warm()
+        except BaseException as exc:
+            if isinstance(exc, LoadFailed):
+                self._evict_broken(doc_id)
             self.release(doc_id)
             raise
+        return room
+
+    def _evict_broken(self, doc_id: str) -> None:
+        """Forget a room whose stored state would not apply, so the next client loads it
+        again (and fails the same way) rather than sharing a room that cannot take edits."""
+        room = self.rooms.get(doc_id)
+        if room is not None and room.broken is not None:
+            del self.rooms[doc_id]
+            self.writer.forget(doc_id)
+            metrics.ROOMS.set(len(self.rooms))
 
     async def _load(self, doc_id: str) -> Room:
         started = time.perf_counter()
         try:
             stored = await self.store.load(doc_id)
-            if sum(map(len, stored.updates)) > _BIG_STATE:
-                state = await asyncio.to_thread(call_with_deep_stack, stored.merged)
-            else:
-                state = stored.merged()
             room = Room(doc_id, self.writer.add)
+
+            def decode() -> None:
+                room.load(stored.merged())  # merges the rows and reads the state vector
+
             try:
-                room.load(state)
+                if sum(map(len, stored.updates)) > _BIG_STATE:
+                    await asyncio.to_thread(call_with_deep_stack, decode)
+                else:
+                    decode()
             except BaseException as exc:
                 if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                     raise
@@ -139,7 +156,7 @@ class Registry:
         if self._refs.get(doc_id) or self.writer.pending(doc_id):
             return  # someone came back meanwhile
         del self.rooms[doc_id]
-        self.writer.forget(doc_id)
+        self.writer.settle(doc_id)
         metrics.ROOMS.set(len(self.rooms))
         log.info("unloaded %s", doc_id)
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pycrdt import Doc, TransactionEvent
+from pycrdt import Doc, TransactionEvent, get_state, get_update
 
 from server import metrics
 from server.origin import Origin
@@ -34,6 +34,14 @@ UpdateSink = Callable[[str, bytes, Origin], None]
 T = TypeVar("T")
 
 _NOT_CRDT_ERRORS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+# An update with no structs and no deletions: what a client that has nothing new sends as its
+# sync step 2. Applying it would change nothing, and in a cold room it would force a warm-up.
+EMPTY_UPDATE = b"\x00\x00"
+EMPTY_STATE_VECTOR = b"\x00"
+
+
+class LoadFailed(Exception):
+    """The document could not be loaded; nothing was written and no room was created."""
 
 
 class RejectedFrame(Exception):
@@ -51,27 +59,71 @@ class Room:
     The observer is attached in the constructor, before anything can write to the document,
     and captures the effective update of each transaction: what actually changed, without
     duplicates. That one capture feeds both the broadcast and the update log.
+
+    A loaded room starts *cold*: it keeps the stored state as bytes and answers sync step 1
+    from them (a new client gets those very bytes), so the first client of a big document
+    does not wait while pycrdt integrates it. The document is built on first need: the first
+    update, a server-side edit, or any use of `doc`. A room that is only read never builds it.
     """
 
     def __init__(self, doc_id: str, sink: UpdateSink) -> None:
         self.doc_id = doc_id
-        self.doc: Doc[Any] = Doc()
+        self._doc: Doc[Any] = Doc()
         self.peers: set[Peer] = set()
         self.awareness = Awareness()
         self._sink = sink
         self._effective: bytes | None = None
-        self.doc.observe(self._capture)
+        self._doc.observe(self._capture)
+        self._cold: bytes | None = None  # stored state not yet applied to `_doc`
+        self._cold_vector = EMPTY_STATE_VECTOR
+        self.broken: str | None = None  # why the stored state could not be applied
 
     def _capture(self, event: TransactionEvent) -> None:
         self._effective = event.update
 
     # -- loading -------------------------------------------------------------------------
 
-    def load(self, state: bytes) -> None:
-        """Apply the stored state; it is not sent to the sink (it is stored already)."""
+    def load(self, state: bytes, state_vector: bytes | None = None) -> None:
+        """Take the stored state, to be applied on first need; it never reaches the sink
+        (it is stored already). `state_vector` is the state's, if the caller computed it.
+
+        Raises ValueError if the state does not decode.
+        """
         if state:
-            self.doc.apply_update(state)
-        self._effective = None
+            self._cold_vector = bytes(get_state(state)) if state_vector is None else state_vector
+            self._cold = state
+
+    @property
+    def cold(self) -> bool:
+        return self._cold is not None
+
+    @property
+    def doc(self) -> Doc[Any]:
+        """The live document, built from the stored state first if the room is cold.
+
+        Raises LoadFailed if the stored state cannot be applied.
+        """
+        if self._cold is not None or self.broken is not None:
+            self.warm()
+        return self._doc
+
+    def warm(self) -> None:
+        """Apply the stored state now. Raises LoadFailed (for good) if it cannot be applied."""
+        if self.broken is not None:
+            raise LoadFailed(self.broken)
+        state, self._cold = self._cold, None
+        if state is None:
+            return
+        try:
+            self._doc.apply_update(state)
+        except BaseException as exc:
+            if isinstance(exc, _NOT_CRDT_ERRORS):
+                raise
+            self.broken = f"stored state of {self.doc_id} does not apply: {_short(exc)}"
+            log.error("%s", self.broken)
+            raise LoadFailed(self.broken) from exc
+        finally:
+            self._effective = None
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -82,9 +134,16 @@ class Room:
 
         Raises RejectedFrame when pycrdt cannot decode or integrate the update.
         """
+        if update == EMPTY_UPDATE:
+            return None
+        if self._cold is not None or self.broken is not None:
+            try:
+                self.warm()
+            except LoadFailed as exc:
+                raise RejectedFrame(1011, "document could not be loaded") from exc
         self._effective = None
         try:
-            self.doc.apply_update(update)
+            self._doc.apply_update(update)
         except BaseException as exc:
             if isinstance(exc, _NOT_CRDT_ERRORS):
                 raise
@@ -143,7 +202,7 @@ class Room:
     def join(self, peer: Peer) -> None:
         """Add `peer` and greet it: our state vector (sync step 1) and everyone's presence."""
         self.peers.add(peer)
-        greeting = frame_binary(encode_sync_step1(self.doc.get_state()))
+        greeting = frame_binary(encode_sync_step1(self.state_vector()))
         presence = self.awareness.snapshot()
         if presence is not None:
             greeting += frame_binary(encode_awareness(presence))
@@ -184,16 +243,25 @@ class Room:
                 peer.send(frame_binary(encode_awareness(presence)))
         # Auth messages from clients carry nothing the server acts on.
 
+    def state_vector(self) -> bytes:
+        return self._cold_vector if self._cold is not None else self._doc.get_state()
+
     def _diff(self, state_vector: bytes) -> bytes:
+        cold = self._cold
+        if cold is not None and state_vector == EMPTY_STATE_VECTOR:
+            return cold  # a new client: the stored bytes as they are
         try:
-            return self.doc.get_update(state_vector)
+            if cold is not None:
+                return get_update(cold, state_vector)
+            return self._doc.get_update(state_vector)
         except BaseException as exc:
             if isinstance(exc, _NOT_CRDT_ERRORS):
                 raise
             raise RejectedFrame(1002, f"bad state vector: {_short(exc)}") from exc
 
     def encode_state(self) -> bytes:
-        return self.doc.get_update()
+        """The whole state as one update."""
+        return self._cold if self._cold is not None else self.doc.get_update()
 
 
 def _short(exc: Any) -> str:

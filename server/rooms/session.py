@@ -66,7 +66,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await close(exc.code, exc.reason)
         return
     try:
-        room = await registry.acquire(doc_id)
+        room = await registry.acquire(doc_id, warm=False)
     except LoadFailed:
         await close(1011, "document could not be loaded; try again later")
         return
