@@ -25,11 +25,7 @@ _REJECTED = "tandem.rejected"
 DOC_ID = re.compile(r"\w[\w.-]{0,127}")
 
 
-class SyncEndpoint:
-    """The ASGI app of the route; Starlette would wrap a plain function as a session."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve(scope, receive, send)
+PREFIX = "/ws/"  # the endpoint's path: PREFIX + document id
 
 
 async def serve(scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,6 +50,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1011})
         return
     await send({"type": "websocket.accept"})
+    wire.release_handshake()
     if not DOC_ID.fullmatch(doc_id):
         await close(4400, "invalid document id")
         return
@@ -65,6 +62,8 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         log.info("ws refused doc=%s client=%s: %s", doc_id, client, exc.reason)
         await close(exc.code, exc.reason)
         return
+    # The request headers were read for the token; the connection may live for hours.
+    scope["headers"] = []
     try:
         room = await registry.acquire(doc_id, warm=False)
     except LoadFailed:
