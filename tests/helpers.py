@@ -1,8 +1,9 @@
-"""Helpers shared by the tests that drive the REST API of a real server."""
+"""Helpers shared by the tests that drive a real server."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,3 +41,13 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
     assert isinstance(error["message"], str) and error["message"]
     if field is not None:
         assert error.get("field") == field, error
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    """The current value of one unlabelled Prometheus sample of the server."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{server.http_url}/metrics", timeout=5)
+    response.raise_for_status()
+    match = re.search(rf"^{re.escape(name)} (\S+)$", response.text, re.MULTILINE)
+    assert match is not None, f"metric {name} not exported"
+    return float(match[1])

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ServerProcess
+from helpers import metric
 from pycrdt import Doc, Map, Text, XmlElement, XmlFragment, XmlText
 from websockets.asyncio.client import ClientConnection, connect
 from yjs_node import NodeYClient
@@ -215,15 +216,6 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
 
 
 # -- server probes -------------------------------------------------------------------------
-
-
-async def metric(server: ServerProcess, name: str) -> float:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(f"{server.http_url}/metrics", timeout=5)
-    response.raise_for_status()
-    match = re.search(rf"^{re.escape(name)} (\S+)$", response.text, re.MULTILINE)
-    assert match is not None, f"metric {name} not exported"
-    return float(match[1])
 
 
 async def wait_connections(server: ServerProcess, count: int, timeout: float = 10.0) -> None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import socket
 from typing import Any
 
-from conftest import ServerProcess
+from conftest import ServerFactory, ServerProcess
+from helpers import metric
 from pycrdt import Doc, Text, TransactionEvent
 
 from client.sync import SyncClient
+from server.rooms.wire import Flag, Inbox
 from shared.protocol import encode_update
 
 
@@ -47,8 +51,15 @@ def updates(words: list[str]) -> list[bytes]:
     return [encode_update(u) for u in out]
 
 
-async def upgrade(port: int, doc_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def upgrade(
+    port: int, doc_id: str, *, receive_buffer: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:  # before connecting, so the advertised window is small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
@@ -117,3 +128,79 @@ async def test_unmasked_frame_is_refused_by_the_library(server: ServerProcess) -
                     break
     finally:
         writer.close()
+
+
+async def test_inbox_hands_events_over_in_order_and_wakes_its_reader() -> None:
+    inbox = Inbox()
+    inbox.put_nowait({"n": 1})
+    assert not inbox.empty() and inbox.qsize() == 1
+    assert await inbox.get() == {"n": 1}
+    assert inbox.empty()
+
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    inbox.put_nowait({"n": 2})
+    inbox.put_nowait({"n": 3})
+    assert await asyncio.wait_for(reader, 1) == {"n": 2}
+    assert await inbox.get() == {"n": 3}
+
+    cancelled = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    inbox.put_nowait({"n": 4})  # a reader that gave up does not swallow the next event
+    assert await asyncio.wait_for(inbox.get(), 1) == {"n": 4}
+
+
+async def test_flag_releases_every_waiter_when_set() -> None:
+    flag = Flag()
+    assert not flag.is_set()
+    waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    await asyncio.wait_for(flag.wait(), 1)  # set: returns at once
+    flag.clear()
+    late = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0.01)
+    assert not late.done()
+    flag.set()
+    await asyncio.wait_for(late, 1)
+
+
+async def test_a_reader_that_stops_reading_is_cut_off_and_the_room_goes_on(
+    make_server: ServerFactory,
+) -> None:
+    limit = 256 * 1024
+    server = await make_server(TANDEM_SEND_BUFFER_BYTES=str(limit))
+    doc_id = "slow-reader"
+    async with (
+        SyncClient(server.ws_url, doc_id) as author,
+        SyncClient(server.ws_url, doc_id) as watcher,
+    ):
+        await author.wait_synced()
+        await watcher.wait_synced()
+        # Joins, then never reads again: the kernel buffers fill, then the server's.
+        stalled_reader, stalled = await upgrade(server.port, doc_id, receive_buffer=4096)
+        text = author.doc.get("text", type=Text)
+        chunk = "x" * 30_000
+        async with asyncio.timeout(60):
+            sent = 0
+            while await metric(server, "tandem_slow_peers_dropped_total") < 1:
+                assert sent < 2000, "40 MB went out and the stalled reader is still connected"
+                for _ in range(20):
+                    text += chunk
+                    sent += 1
+                await asyncio.sleep(0.05)
+            while len(str(watcher.doc.get("text", type=Text))) != len(str(text)):
+                await asyncio.sleep(0.05)  # the healthy reader got every update
+        assert await metric(server, "tandem_slow_peers_dropped_total") == 1
+        # The stalled connection was reset: what is left in its buffers ends in an error or EOF.
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            async with asyncio.timeout(10):
+                while await stalled_reader.read(1 << 16):
+                    pass
+        stalled.close()
+    assert "send buffer over limit" in server.log()

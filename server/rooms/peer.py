@@ -18,50 +18,45 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def is_closing(self) -> bool: ...
-    def get_write_buffer_size(self) -> int: ...
     def abort(self) -> None: ...
 
 
 class Peer:
     """A connected client as a room sees it: a transport to write frames to, and an identity.
 
-    `send` never blocks: it writes to the transport's buffer. A peer whose buffer grows past
-    `buffer_limit` is not reading, so it is aborted; its Yjs client reconnects and resyncs,
-    which loses nothing, and the room never waits for it.
+    Writes never block: they go to the transport's buffer. The room's fan-out calls `write`
+    (the transport's own bound method) directly. A peer that stops reading is noticed by its
+    transport, whose high-water mark is the send buffer limit (see `WireProtocol.on_full`),
+    and is then dropped; its Yjs client reconnects and resyncs, which loses nothing, and the
+    room never waits for it.
     """
 
-    __slots__ = ("buffer_limit", "client_ids", "closed", "id", "origin", "read_only", "transport")
+    __slots__ = ("client_ids", "closed", "id", "origin", "read_only", "transport", "write")
 
     def __init__(
-        self,
-        transport: Transport,
-        *,
-        user: str | None = None,
-        read_only: bool = False,
-        buffer_limit: int = 32 * 1024 * 1024,
+        self, transport: Transport, *, user: str | None = None, read_only: bool = False
     ) -> None:
         self.id = next(_ids)
         self.transport = transport
+        self.write = transport.write
         self.origin = Origin("ws", user)
         self.read_only = read_only
-        self.buffer_limit = buffer_limit
         self.closed = False
         # Awareness client ids this connection announced; cleared for everyone when it leaves.
         self.client_ids: set[int] = set()
 
     def send(self, frame: bytes) -> None:
+        """Write one frame to this peer alone, unless its connection is going away."""
         if self.closed:
             return
-        transport = self.transport
-        if transport.is_closing():
+        if self.transport.is_closing():
             self.closed = True
             return
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self.buffer_limit:
-            self.drop("send buffer over limit: client is not reading")
+        self.write(frame)
 
     def drop(self, reason: str) -> None:
-        """Cut the connection at once; used when a close frame could not get through."""
+        """Cut the connection at once: the client is not reading, or a close frame could not
+        get through."""
         if self.closed:
             return
         self.closed = True

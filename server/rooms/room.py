@@ -70,6 +70,9 @@ class Room:
         self.doc_id = doc_id
         self._doc: Doc[Any] = Doc()
         self.peers: set[Peer] = set()
+        # The peers' write methods, rebuilt after a join or a leave: the broadcast loop does
+        # nothing per peer but call one of them.
+        self._fanout: tuple[Callable[[bytes], None], ...] | None = None
         self.awareness = Awareness()
         self._sink = sink
         self._effective: bytes | None = None
@@ -188,12 +191,18 @@ class Room:
 
     def broadcast(self, frame: bytes, exclude: Peer | None = None) -> None:
         """Write the same frame bytes to every peer but `exclude`; never waits."""
-        sent = 0
-        for peer in self.peers:
-            if peer is not exclude:
-                peer.send(frame)
-                sent += 1
-        if sent:
+        fanout = self._fanout
+        if fanout is None:
+            fanout = self._fanout = tuple(peer.write for peer in self.peers if not peer.closed)
+        skip = exclude.write if exclude is not None else None
+        for write in fanout:
+            if write is not skip:
+                try:
+                    write(frame)
+                except RuntimeError:
+                    pass  # its transport closed a moment ago; its session is leaving the room
+        sent = len(fanout) - (skip is not None)
+        if sent > 0:
             metrics.FRAMES_OUT.inc(sent)
             metrics.BYTES_OUT.inc(sent * len(frame))
 
@@ -202,6 +211,7 @@ class Room:
     def join(self, peer: Peer) -> None:
         """Add `peer` and greet it: our state vector (sync step 1) and everyone's presence."""
         self.peers.add(peer)
+        self._fanout = None
         greeting = frame_binary(encode_sync_step1(self.state_vector()))
         presence = self.awareness.snapshot()
         if presence is not None:
@@ -209,7 +219,10 @@ class Room:
         peer.send(greeting)
 
     def leave(self, peer: Peer) -> None:
-        self.peers.discard(peer)
+        """Take `peer` out of the room (again: a no-op) and clear its presence for everyone."""
+        if peer in self.peers:
+            self.peers.discard(peer)
+            self._fanout = None
         gone = self.awareness.remove(peer)
         if gone is not None:
             self.broadcast(frame_binary(encode_awareness(gone)))

@@ -119,6 +119,11 @@ class WireProtocol(WebSocketsSansIOProtocol):
     """
 
     handler: Callable[[bytes], None] | None = None
+    # Set by the session once it has joined a room: called (soon) when the transport's
+    # buffer passes its high-water mark, which the session sets to the send buffer limit,
+    # and (at once) when the connection is lost, so the room stops writing to it.
+    on_full: Callable[[], None] | None = None
+    on_lost: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,6 +186,18 @@ class WireProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         if not self.close_sent:
             handler(data)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.on_full is not None:
+            # Not from inside the transport's write() that called us: soon after it.
+            self.loop.call_soon(self.on_full)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
+        super().connection_lost(exc)
 
     def release_handshake(self) -> None:
         """Drop the opening handshake's request and response (their headers are a few KB);
