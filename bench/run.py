@@ -526,6 +526,22 @@ def mark(result: dict[str, Any]) -> str:
     return ""
 
 
+def median_of(values: list[Any]) -> Any:
+    """The median of the rounds' numbers (the lower middle one: a value that was measured)."""
+    numbers = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not numbers:
+        return None
+    return numbers[(len(numbers) - 1) // 2]
+
+
+def mark_of(results: list[dict[str, Any]]) -> str:
+    """(!) if any round was not ok; (g) if the generator was the limit in most rounds."""
+    marks = [mark(r) for r in results]
+    if " (!)" in marks:
+        return " (!)"
+    return " (g)" if marks and marks.count(" (g)") * 2 > len(marks) else ""
+
+
 def table(
     records: list[dict[str, Any]], columns: list[str], ratio_of: str | None, references: list[str]
 ) -> str:
@@ -534,18 +550,19 @@ def table(
     if ratio_of:
         header.append(f"{ratio_of} / best ref")
     rows = [header, ["---"] * len(header)]
-    cases: dict[str, dict[str, dict[str, Any]]] = {}
+    cases: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rec in records:
-        cases.setdefault(rec["label"], {})[rec["server"]] = rec
+        cases.setdefault(rec["label"], {}).setdefault(rec["server"], []).append(rec)
     for label, by_server in cases.items():
         kind = "cold" if label.startswith("cold") else "traffic"
         for name, path, lower in FIGURES[kind]:
             values = {
-                s: dig(by_server[s]["result"], path) if s in by_server else None for s in columns
+                s: median_of([dig(r["result"], path) for r in by_server.get(s, [])])
+                for s in columns
             }
             if all(v is None for v in values.values()):
                 continue
-            marks = {s: mark(by_server.get(s, {}).get("result", {})) for s in columns}
+            marks = {s: mark_of([r["result"] for r in by_server.get(s, [])]) for s in columns}
             row = [label, name, *(fmt(values[s]) + marks[s] for s in columns)]
             if ratio_of:
                 ratio = "—"
@@ -613,6 +630,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="load generator processes for the traffic scenarios (default 1: at most one core)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every case (each server again, in a new order); tables show medians",
+    )
     parser.add_argument("--node", default=shutil.which("node") or "node")
     parser.add_argument("--verbose", action="store_true", help="show the load generator's log")
     opts = parser.parse_args(argv)
@@ -646,11 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     with path.open("w") as out:
         out.write(json.dumps(meta) + "\n")
         out.flush()
-        for i, case in enumerate(cases):
-            for variant in rotate(case.servers, i):
-                tag = f"{stamp.replace('-', '')}c{i}{variant.replace('-', '')}"
-                log(f"{case.label}: {variant}")
+        rounds = [(i, r) for i in range(len(cases)) for r in range(max(1, opts.repeat))]
+        for i, r in rounds:
+            case = cases[i]
+            for variant in rotate(case.servers, i + r):
+                tag = f"{stamp.replace('-', '')}c{i}r{r}{variant.replace('-', '')}"
+                log(f"{case.label}: {variant}" + (f" (round {r + 1})" if opts.repeat > 1 else ""))
                 record = run_case(case, variant, tag, opts)
+                record["round"] = r
                 records.append(record)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
@@ -679,7 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     persist_records = [r for r in records if r["scenario"].startswith("persist")]
     print(
         f"\nResults: {path.relative_to(ROOT)} ({elapsed:.0f} s; load average at start "
-        f"{' '.join(meta['loadavg_at_start'])})\n"
+        f"{' '.join(meta['loadavg_at_start'])})"
+        + (f"; every figure is the median of {opts.repeat} rounds" if opts.repeat > 1 else "")
+        + "\n"
     )
     if main_records:
         tandem_col = main_cols[0] if main_cols[0].startswith("tandem") else None
