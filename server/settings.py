@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# URL schemes without an async driver, as people write them, and the driver Tandem uses.
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+}
 
 
 class Settings(BaseSettings):
@@ -38,6 +46,13 @@ class Settings(BaseSettings):
 
     # Seed the Double-11 example workspace at start-up unless it is there already.
     demo: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _with_async_driver(cls, url: str) -> str:
+        """`sqlite:///x.db` and libpq-style `postgres://…` URLs get the async driver."""
+        scheme, sep, rest = url.partition("://")
+        return f"{_DRIVERS[scheme]}{sep}{rest}" if sep and scheme in _DRIVERS else url
 
     @property
     def in_memory(self) -> bool:
