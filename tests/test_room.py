@@ -44,6 +44,7 @@ class FakeTransport:
         self.writes: list[bytes] = []
         self.closing = False
         self.fail_writes = False
+        self.buffered = 0  # what a client that stopped reading leaves in the buffer
         self.aborts = 0
 
     def write(self, data: bytes) -> None:
@@ -53,6 +54,9 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def abort(self) -> None:
         self.aborts += 1
@@ -614,6 +618,38 @@ def test_a_peer_that_left_gets_nothing_more(fx: Fixture) -> None:
     fx.room.receive(a, encode_update(update_inserting("after")))
     assert fx.transports[1].writes == []
     assert len(fx.transports[2].messages()) == 1
+
+
+def test_a_backed_up_peer_over_its_limit_is_dropped_and_the_others_go_on(fx: Fixture) -> None:
+    slow = FakeTransport()
+    peer = Peer(slow, buffer_limit=1000)
+    fx.room.join(peer)
+    dropped = counter("tandem_slow_peers_dropped_total")
+    slow.buffered = 5000  # not checked until the transport reports a backlog
+    fx.room.receive(fx.peers[0], encode_update(update_inserting("one")))
+    assert slow.aborts == 0 and not peer.closed
+
+    peer.backed_up(True)  # what WireProtocol.pause_writing reports
+    fx.room.rewired()
+    fx.room.receive(fx.peers[0], encode_update(update_inserting("two")))
+    assert slow.aborts == 1 and peer.closed
+    assert counter("tandem_slow_peers_dropped_total") == dropped + 1
+    writes = len(slow.writes)
+    fx.room.receive(fx.peers[0], encode_update(update_inserting("three")))
+    assert len(slow.writes) == writes  # nothing more for a dropped peer
+    assert len(fx.transports[1].messages()) == 3
+
+
+def test_a_peer_that_drained_is_written_to_without_checks_again(fx: Fixture) -> None:
+    transport = FakeTransport()
+    peer = Peer(transport, buffer_limit=1000)
+    fx.room.join(peer)
+    peer.backed_up(True)
+    peer.backed_up(False)
+    fx.room.rewired()
+    transport.buffered = 5000
+    fx.room.receive(fx.peers[0], encode_update(update_inserting("fine")))
+    assert transport.aborts == 0 and not peer.closed
 
 
 def test_a_dropped_peer_is_aborted_once_and_sent_nothing_more() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from server import metrics
@@ -18,6 +19,7 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
     def abort(self) -> None: ...
 
 
@@ -25,25 +27,52 @@ class Peer:
     """A connected client as a room sees it: a transport to write frames to, and an identity.
 
     Writes never block: they go to the transport's buffer. The room's fan-out calls `write`
-    (the transport's own bound method) directly. A peer that stops reading is noticed by its
-    transport, whose high-water mark is the send buffer limit (see `WireProtocol.on_full`),
-    and is then dropped; its Yjs client reconnects and resyncs, which loses nothing, and the
-    room never waits for it.
+    directly, and while the client keeps up that is the transport's own bound method, with
+    no per-write bookkeeping. When the transport reports its buffer over its high-water mark
+    (`backed_up(True)`, from `pause_writing`), `write` checks the buffer after each frame, and
+    a peer whose buffer passes `buffer_limit` is dropped: it is not reading. Its Yjs client
+    reconnects and resyncs, which loses nothing, and the room never waits for it.
     """
 
-    __slots__ = ("client_ids", "closed", "id", "origin", "read_only", "transport", "write")
+    __slots__ = (
+        "buffer_limit",
+        "client_ids",
+        "closed",
+        "id",
+        "origin",
+        "read_only",
+        "transport",
+        "write",
+    )
 
     def __init__(
-        self, transport: Transport, *, user: str | None = None, read_only: bool = False
+        self,
+        transport: Transport,
+        *,
+        user: str | None = None,
+        read_only: bool = False,
+        buffer_limit: int = 32 * 1024 * 1024,
     ) -> None:
         self.id = next(_ids)
         self.transport = transport
-        self.write = transport.write
+        self.write: Callable[[bytes], None] = transport.write
         self.origin = Origin("ws", user)
         self.read_only = read_only
+        self.buffer_limit = buffer_limit
         self.closed = False
         # Awareness client ids this connection announced; cleared for everyone when it leaves.
         self.client_ids: set[int] = set()
+
+    def backed_up(self, yes: bool) -> None:
+        """The transport's buffer went over its high-water mark (or back under it)."""
+        self.write = self._write_checked if yes else self.transport.write
+
+    def _write_checked(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.transport.write(frame)
+        if self.transport.get_write_buffer_size() > self.buffer_limit:
+            self.drop("send buffer over limit: client is not reading")
 
     def send(self, frame: bytes) -> None:
         """Write one frame to this peer alone, unless its connection is going away."""

@@ -218,6 +218,10 @@ class Room:
             greeting += frame_binary(encode_awareness(presence))
         peer.send(greeting)
 
+    def rewired(self) -> None:
+        """A peer's `write` changed (see Peer.backed_up): rebuild the fan-out."""
+        self._fanout = None
+
     def leave(self, peer: Peer) -> None:
         """Take `peer` out of the room (again: a no-op) and clear its presence for everyone."""
         if peer in self.peers:

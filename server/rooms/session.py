@@ -70,9 +70,12 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await close(1011, "document could not be loaded; try again later")
         return
 
-    peer = Peer(wire.transport, user=principal.user, read_only=principal.read_only)
-    # The transport tells the protocol when its buffer passes this mark: a slow reader.
-    wire.transport.set_write_buffer_limits(high=settings.send_buffer_bytes)
+    peer = Peer(
+        wire.transport,
+        user=principal.user,
+        read_only=principal.read_only,
+        buffer_limit=settings.send_buffer_bytes,
+    )
     started = time.monotonic()
     frames = 0
     code: Any = None
@@ -106,7 +109,12 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
 
     try:
         room.join(peer)
-        wire.on_full = lambda: peer.drop("send buffer over limit: client is not reading")
+
+        def backlog(backed_up: bool) -> None:
+            peer.backed_up(backed_up)
+            room.rewired()
+
+        wire.on_backlog = backlog
         wire.on_lost = lambda: room.leave(peer)
         wire.handler = deliver
         while True:
@@ -129,7 +137,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         log.warning("ws rejected frame doc=%s peer=%d: %d %s", doc_id, peer.id, code, reason)
         await close(exc.code, exc.reason)
     finally:
-        wire.handler = wire.on_full = wire.on_lost = None
+        wire.handler = wire.on_backlog = wire.on_lost = None
         peer.closed = True
         room.leave(peer)
         registry.release(doc_id)

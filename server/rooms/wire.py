@@ -119,10 +119,10 @@ class WireProtocol(WebSocketsSansIOProtocol):
     """
 
     handler: Callable[[bytes], None] | None = None
-    # Set by the session once it has joined a room: called (soon) when the transport's
-    # buffer passes its high-water mark, which the session sets to the send buffer limit,
-    # and (at once) when the connection is lost, so the room stops writing to it.
-    on_full: Callable[[], None] | None = None
+    # Set by the session once it has joined a room. `on_backlog(True)` when the transport's
+    # buffer passes its high-water mark (64 KiB), `on_backlog(False)` when it has drained;
+    # `on_lost` when the connection is lost, so the room stops writing to it at once.
+    on_backlog: Callable[[bool], None] | None = None
     on_lost: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -189,9 +189,13 @@ class WireProtocol(WebSocketsSansIOProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self.on_full is not None:
-            # Not from inside the transport's write() that called us: soon after it.
-            self.loop.call_soon(self.on_full)
+        if self.on_backlog is not None:
+            self.on_backlog(True)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.on_backlog is not None:
+            self.on_backlog(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         on_lost, self.on_lost = self.on_lost, None
