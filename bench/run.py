@@ -631,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator processes for the traffic scenarios (default 1: at most one core)",
     )
     parser.add_argument(
+        "--only",
+        default="",
+        metavar="LABELS",
+        help='comma separated starts of case labels to run, e.g. "fanout R=500,stress R=500 @30"',
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -652,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("run `npm ci` in bench/ first")
 
     cases = plan(opts)
+    if opts.only:
+        wanted = [w.strip() for w in opts.only.split(",") if w.strip()]
+        cases = [c for c in cases if any(c.label.startswith(w) for w in wanted)]
+        if not cases:
+            parser.error(f"--only matches no case: {opts.only}")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{stamp}.jsonl"
