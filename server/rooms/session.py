@@ -50,7 +50,6 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1011})
         return
     await send({"type": "websocket.accept"})
-    wire.release_handshake()
     if not DOC_ID.fullmatch(doc_id):
         await close(4400, "invalid document id")
         return
@@ -62,8 +61,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         log.info("ws refused doc=%s client=%s: %s", doc_id, client, exc.reason)
         await close(exc.code, exc.reason)
         return
-    # The request headers were read for the token; the connection may live for hours.
-    scope["headers"] = []
+    wire.release_handshake()  # the token was the last thing read from the headers
     try:
         room = await registry.acquire(doc_id, warm=False)
     except LoadFailed:

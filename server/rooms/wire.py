@@ -204,11 +204,13 @@ class WireProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
     def release_handshake(self) -> None:
-        """Drop the opening handshake's request and response (their headers are a few KB);
-        uvicorn reads them only until the connection is accepted."""
+        """Drop the opening handshake's request, response and the scope's copy of its headers
+        (a few KB): uvicorn reads them only until the connection is accepted, the session
+        until it has authenticated, and a sync connection may live for hours."""
         if self.handshake_complete:
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]
+            self.scope["headers"] = []
 
     def post(self, event: dict[str, Any]) -> None:
         """Queue an event for the ASGI side of this connection (e.g. a rejection)."""
