@@ -256,6 +256,8 @@ def test_update_broadcasts_the_same_bytes_to_everyone_but_the_sender(fx: Fixture
     a, b, c = fx.peers
     ta, tb, tc = fx.transports
     applied = counter("tandem_updates_applied_total")
+    frames_out = counter("tandem_frames_out_total")
+    bytes_out = counter("tandem_bytes_out_total")
     fx.room.receive(a, encode_update(update_inserting("hello")))
 
     assert ta.writes == []
@@ -264,6 +266,8 @@ def test_update_broadcasts_the_same_bytes_to_everyone_but_the_sender(fx: Fixture
     assert text_of(fx.room.doc) == "hello"
     # Applied once, logged once, with the sender's origin.
     assert counter("tandem_updates_applied_total") == applied + 1
+    assert counter("tandem_frames_out_total") == frames_out + 2
+    assert counter("tandem_bytes_out_total") == bytes_out + 2 * len(tb.writes[0])
     assert len(fx.sink.calls) == 1
     doc_id, effective, origin = fx.sink.calls[0]
     assert (doc_id, origin) == (DOC_ID, a.origin)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from pycrdt import Doc, TransactionEvent, get_state, get_update
 
 from server import metrics
+from server.metrics import TALLY
 from server.origin import Origin
 from server.rooms.awareness import Awareness
 from server.rooms.peer import Peer
@@ -187,7 +188,7 @@ class Room:
     def _propagate(self, effective: bytes, origin: Origin, sender: Peer | None) -> None:
         self.broadcast(frame_binary(encode_update(effective)), sender)
         self._sink(self.doc_id, effective, origin)
-        metrics.UPDATES_APPLIED.inc()
+        TALLY.updates_applied += 1
 
     def broadcast(self, frame: bytes, exclude: Peer | None = None) -> None:
         """Write the same frame bytes to every peer but `exclude`; never waits."""
@@ -203,8 +204,8 @@ class Room:
                     pass  # its transport closed a moment ago; its session is leaving the room
         sent = len(fanout) - (skip is not None)
         if sent > 0:
-            metrics.FRAMES_OUT.inc(sent)
-            metrics.BYTES_OUT.inc(sent * len(frame))
+            TALLY.frames_out += sent
+            TALLY.bytes_out += sent * len(frame)
 
     # -- connections -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from server import metrics
 from server.auth import AuthError, authenticate
+from server.metrics import TALLY
 from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 from server.rooms.room import RejectedFrame
@@ -93,8 +94,8 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         """The per-message hot path, called by the protocol as each frame is parsed."""
         nonlocal frames
         frames += 1
-        metrics.FRAMES_IN.inc()
-        metrics.BYTES_IN.inc(len(data))
+        TALLY.frames_in += 1
+        TALLY.bytes_in += len(data)
         try:
             room.receive(peer, data)
         except RejectedFrame as exc:
