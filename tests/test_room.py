@@ -705,7 +705,7 @@ def test_panic_while_applying_becomes_rejected_frame(
     assert not issubclass(panic, Exception)
     fx.room.receive(fx.peers[0], encode_update(update_inserting("kept")))
     fx.clear()
-    monkeypatch.setattr(fx.room.doc, "apply_update", _rust_panic)
+    monkeypatch.setattr(fx.room, "_integrate", _rust_panic)
 
     with pytest.raises(RejectedFrame) as info:
         fx.room.receive(fx.peers[0], encode_update(update_inserting("boom")))
@@ -736,6 +736,6 @@ def test_cancellation_is_not_swallowed(fx: Fixture, monkeypatch: pytest.MonkeyPa
     def interrupted(update: bytes) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fx.room.doc, "apply_update", interrupted)
+    monkeypatch.setattr(fx.room, "_integrate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fx.room.receive(fx.peers[0], encode_update(update_inserting("x")))

@@ -77,7 +77,13 @@ class Room:
         self.awareness = Awareness()
         self._sink = sink
         self._effective: bytes | None = None
-        self._doc.observe(self._capture)
+        # Client updates are integrated on pycrdt's Rust document directly (`_integrate`),
+        # and the capture observes it directly: for a small update, pycrdt's Python wrappers
+        # (a Transaction object and its bookkeeping, a partial around each callback) cost
+        # twice as much as the integration itself (about 9 µs against 3 µs, measured).
+        # Server-side edits go through `doc.transaction()` as usual; the capture sees both.
+        self._crdt = self._doc._doc
+        self._subscription = self._crdt.observe(self._capture)
         self._cold: bytes | None = None  # stored state not yet applied to `_doc`
         self._cold_vector = EMPTY_STATE_VECTOR
         self.broken: str | None = None  # why the stored state could not be applied
@@ -119,7 +125,7 @@ class Room:
         if state is None:
             return
         try:
-            self._doc.apply_update(state)
+            self._integrate(state)
         except BaseException as exc:
             if isinstance(exc, _NOT_CRDT_ERRORS):
                 raise
@@ -147,7 +153,7 @@ class Room:
                 raise RejectedFrame(1011, "document could not be loaded") from exc
         self._effective = None
         try:
-            self._doc.apply_update(update)
+            self._integrate(update)
         except BaseException as exc:
             if isinstance(exc, _NOT_CRDT_ERRORS):
                 raise
@@ -167,6 +173,22 @@ class Room:
         self._effective = None
         self._propagate(effective, origin, sender)
         return effective
+
+    def _integrate(self, update: bytes) -> None:
+        """What `Doc.apply_update` does, on the Rust document: one transaction, committed
+        even when the update fails half-way, so the capture sees what was integrated."""
+        if self._doc._txn is not None:  # inside `edit`: join its transaction
+            self._doc.apply_update(update)
+            return
+        crdt = self._crdt
+        txn = crdt.create_transaction()
+        try:
+            crdt.apply_update(txn, update)
+        finally:
+            try:
+                txn.commit()
+            finally:
+                txn.drop()
 
     def edit(self, origin: Origin, change: Callable[[Doc[Any]], T]) -> T:
         """Run `change(doc)` in one transaction, as a server-side edit by `origin`.
