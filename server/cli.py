@@ -107,9 +107,27 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     logs.install_redaction()
+    _settle_heap()
     run_on_deep_stack(server)
     # uvicorn returns normally when startup fails (the lifespan raised); say so in the code.
     return 0 if server.started else 1
+
+
+def _settle_heap() -> None:
+    """Keep the cyclic garbage collector's work in proportion to the garbage.
+
+    What is loaded by now (about 100,000 modules, classes and functions) lives as long as
+    the process: frozen, the collector never walks it again. And with thousands of
+    connections open, a full collection walks them all (about 90 ms with 2000 open): a
+    larger first threshold lets short-lived objects die by reference count instead of being
+    promoted, so full collections come about half as often (measured on 1000 rooms x 2:
+    GC time 0.76 s -> 0.50 s per run, full collections 5 -> 2).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def run_on_deep_stack(server: Any) -> None:
