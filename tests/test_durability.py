@@ -387,9 +387,10 @@ async def test_sigterm_commits_updates_still_in_the_commit_window(
         for edit in edits:
             array.append(edit)
         await wait_until(lambda: tokens(observer.doc) == edits, what="the server to apply")
-        # Applied, queued, and not yet committed: the window is two seconds long.
+        # Applied and queued. The first edit came alone and was committed at once; the
+        # rest came in a stream and wait in the window, which is two seconds long.
         assert (await readyz(server))["pending_updates"] > 0
-        assert await count_rows_at(database_url, doc_id) == RowCounts(0, 0)
+        assert (await count_rows_at(database_url, doc_id)).updates <= 1
         # SIGTERM with clients still connected.
         await stop_cleanly(server)
     assert tokens(doc_of(await load_stored(database_url, doc_id))) == edits

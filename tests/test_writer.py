@@ -61,6 +61,39 @@ async def test_group_commit_merges_a_burst_into_few_rows(writer: Writer) -> None
     assert text_of(stored.merged()) == "".join(f"{i % 10}" for i in range(300))
 
 
+async def test_a_lone_update_is_committed_at_once_a_stream_waits_for_the_window() -> None:
+    store = MemoryStore()
+    w = Writer(store, delay=0.5)
+    task = asyncio.create_task(w.run())
+    try:
+        first, *stream = small_updates(6)
+        w.add("plan", first, WS)
+        # Alone after a quiet spell: committed on the loop's next turns, not half a second on.
+        await w.flush("plan", timeout=0.2)
+        assert len(store.rows["plan"]) == 1
+        for update in stream:
+            w.add("plan", update, WS)
+            await asyncio.sleep(0.01)
+        # A stream: it gathers in the window, then goes in one transaction, as one row.
+        await asyncio.sleep(0.1)
+        assert w.pending("plan") == 5 and len(store.rows["plan"]) == 1
+        await w.flush("plan", timeout=2)
+        assert len(store.rows["plan"]) == 2
+        assert text_of((await store.load("plan")).merged()) == "012345"
+    finally:
+        task.cancel()
+
+
+async def test_updates_that_do_not_merge_are_stored_apart(writer: Writer) -> None:
+    # Not a pycrdt update: merging fails, and the rows are stored one each, not dropped.
+    writer.add("plan", b"\x01\x02\x03", WS)
+    writer.add("plan", b"\x04\x05\x06", WS)
+    await writer.flush("plan", timeout=5)
+    store = writer.store
+    assert isinstance(store, MemoryStore)
+    assert [r.data for _, r in store.rows["plan"]] == [b"\x01\x02\x03", b"\x04\x05\x06"]
+
+
 async def test_failed_commit_is_retried_and_flush_waits(writer: Writer) -> None:
     store = writer.store
     assert isinstance(store, MemoryStore)

@@ -55,6 +55,9 @@ class Writer:
         self._stored = 0
         self._newest: dict[str, int] = {}
         self._wake = asyncio.Event()
+        # When the newest update was queued, and how long after the one before it.
+        self._last_add = -float("inf")
+        self._gap = float("inf")
         self._committed = asyncio.Condition()
         # Rows and bytes stored per document since its last snapshot: the compaction trigger.
         self._backlog: dict[str, list[int]] = {}
@@ -63,6 +66,9 @@ class Writer:
         self.healthy = True
 
     def add(self, doc_id: str, update: bytes, origin: Origin) -> None:
+        now = time.monotonic()
+        self._gap = now - self._last_add
+        self._last_add = now
         self._queue.append(UpdateRecord(doc_id, update, origin.source, origin.author))
         self._pending[doc_id] += 1
         self._queued += 1
@@ -98,10 +104,19 @@ class Writer:
             await self._committed.wait_for(lambda: self._stored >= target)
 
     async def run(self) -> None:
-        """The commit loop; runs until cancelled."""
+        """The commit loop; runs until cancelled.
+
+        Updates that come in a stream gather for `delay` seconds into one transaction. An
+        update that comes alone, `delay` or more after the one before it, is committed at
+        once, on the loop's next turn, while the loop is still awake for the frame that
+        brought it: waiting would not batch anything, and on a VM a separate timer wake-up
+        costs about 0.25 ms of CPU.
+        """
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.delay)  # the group-commit window
+            alone = len(self._queue) == 1 and self._gap >= self.delay
+            # Even alone, yield once: the frame that queued the update finishes first.
+            await asyncio.sleep(0 if alone else self.delay)
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
             if not self._queue:
@@ -194,9 +209,16 @@ def coalesce(batch: list[UpdateRecord]) -> list[UpdateRecord]:
     groups: dict[tuple[str, str, str | None], list[bytes]] = {}
     for record in batch:
         groups.setdefault((record.doc_id, record.origin, record.author), []).append(record.data)
-    return [
-        UpdateRecord(
-            doc_id, data[0] if len(data) == 1 else bytes(merge_updates(*data)), origin, author
-        )
-        for (doc_id, origin, author), data in groups.items()
-    ]
+    rows: list[UpdateRecord] = []
+    for (doc_id, origin, author), data in groups.items():
+        if len(data) > 1:
+            try:
+                data = [bytes(merge_updates(*data))]
+            except Exception:
+                # Rooms only queue updates pycrdt produced, so this is not expected; if it
+                # happens, the updates are stored one row each rather than not at all.
+                log.exception(
+                    "could not merge %d updates of %s; storing them apart", len(data), doc_id
+                )
+        rows.extend(UpdateRecord(doc_id, update, origin, author) for update in data)
+    return rows
