@@ -43,7 +43,11 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 LOADGEN = BENCH / "loadgen.mjs"
 REFERENCES = ("y-websocket-server", "hocuspocus")
-ALL_SERVERS = ("tandem", *REFERENCES)
+# Not a reference: the least a Python server can do per delivery (bench/servers/floor.py).
+# Opt-in, traffic scenarios only; it never counts as the best reference.
+FLOOR = "python-floor"
+DEFAULT_SERVERS = ("tandem", *REFERENCES)
+ALL_SERVERS = (*DEFAULT_SERVERS, FLOOR)
 ALL_SCENARIOS = ("fanout", "stress", "rooms", "cold", "persist")
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -120,7 +124,7 @@ def plan(opts: argparse.Namespace) -> list[Case]:
                 "cold",
                 f"cold {updates} updates",
                 args,
-                main,
+                tuple(s for s in main if s != FLOOR),  # the floor keeps no document
                 600,
                 env={"TANDEM_ROOM_GRACE_SECONDS": "1"},
             )
@@ -267,6 +271,9 @@ class Server:
                 str(self.port),
             ]
             ready = f"{self.http_url}/readyz"
+        elif self.variant == FLOOR:
+            cmd = [sys.executable, str(BENCH / "servers" / "floor.py"), str(self.port)]
+            ready = f"{self.http_url}/"
         else:
             script = BENCH / "servers" / f"{self.variant}.mjs"
             cmd = [self.opts.node, str(script), str(self.port)]
@@ -598,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--servers",
-        default=",".join(ALL_SERVERS),
+        default=",".join(DEFAULT_SERVERS),
         help=f"comma separated, from {','.join(ALL_SERVERS)}",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
