@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = 32 * 1024 * 1024
     # Seconds a room stays loaded after its last client leaves.
     room_grace_seconds: float = 10.0
-    # The group-commit window: updates gathered this long are committed in one transaction.
+    # The group-commit window: updates that come in a stream gather this long and are
+    # committed in one transaction; an update that comes alone is committed at once.
     commit_delay_ms: float = 20.0
     # Compaction writes a snapshot once a document has this many update rows or bytes.
     compact_after_updates: int = 500
