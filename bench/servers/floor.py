@@ -24,19 +24,11 @@ from typing import cast
 import uvloop
 from websockets.speedups import apply_mask
 
+from server.rooms.wire import frame_binary as frame  # the same frames as Tandem's
+
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 SYNC_STEP1_EMPTY = b"\x00\x00\x01\x00"  # sync step 1 with an empty state vector
 SYNC_STEP2_EMPTY = b"\x00\x01\x02\x00\x00"  # sync step 2 carrying an empty update
-
-
-def frame(payload: bytes) -> bytes:
-    """An unmasked, final, binary frame."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x82, n)) + payload
-    if n < 65536:
-        return bytes((0x82, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x82, 127)) + n.to_bytes(8, "big") + payload
 
 
 class Relay(asyncio.Protocol):
