@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,51 @@ async def test_racing_compaction_loses_cleanly(store: Store) -> None:
     with pytest.raises(CompactionConflict):
         await store.replace("plan", stale.snapshot_id, b"\x00\x00", b"\x00", stale.seqs)
     assert view(doc_from((await store.load("plan")).merged())) == expected
+
+
+# -- SQLite's appender: small commits on the event loop, never waiting there -----------------
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[tuple[SqlStore, Path]]:
+    path = tmp_path / "tandem.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade_schema(url)
+    sql = SqlStore(create_engine(url))
+    yield sql, path
+    await sql.close()
+
+
+async def test_sqlite_append_waits_off_the_loop_for_a_lock_held_elsewhere(
+    sqlite_store: tuple[SqlStore, Path],
+) -> None:
+    store, path = sqlite_store
+    await store.append([record("plan", b"first")])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        pending = asyncio.ensure_future(store.append([record("plan", b"second")]))
+        ticks = 0
+        for _ in range(10):  # the loop keeps running while the commit waits
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert ticks == 10 and not pending.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await asyncio.wait_for(pending, 10)
+    assert (await store.load("plan")).updates == [b"first", b"second"]
+
+
+async def test_sqlite_log_is_checkpointed_beside_the_commits(
+    sqlite_store: tuple[SqlStore, Path],
+) -> None:
+    store, path = sqlite_store
+    wal = path.with_name(path.name + "-wal")
+    for i in range(3000):  # two pages or more each: 24 MB of log if it never started afresh
+        await store.append([record("plan", i.to_bytes(4, "big"))])
+        if i % 100 == 0:
+            await asyncio.sleep(0.01)  # let a running checkpoint finish now and then
+    assert wal.stat().st_size < 8 * 1024 * 1024  # about 4 MB: the log starts afresh
+    stored = await store.load("plan")
+    assert [int.from_bytes(u, "big") for u in stored.updates] == list(range(3000))

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pycrdt import Doc, Text, TransactionEvent
 
 from server.origin import Origin
@@ -104,9 +105,12 @@ async def test_failed_commit_is_retried_and_flush_waits(writer: Writer) -> None:
         await writer.flush("plan", timeout=0.3)
     assert writer.pending("plan") == 5
     assert not writer.healthy
+    # The batch being retried is still uncommitted, and /metrics says so.
+    assert REGISTRY.get_sample_value("tandem_persist_pending") == 5
     store.fail_appends = False
     await writer.flush("plan", timeout=5)
     assert writer.pending("plan") == 0 and writer.healthy
+    assert REGISTRY.get_sample_value("tandem_persist_pending") == 0
     assert text_of((await store.load("plan")).merged()) == "01234"
 
 

@@ -64,6 +64,8 @@ class Writer:
         self._compacting: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.healthy = True
+        # Read when /metrics is scraped, rather than set on every commit.
+        metrics.PERSIST_PENDING.set_function(self.uncommitted)
 
     def add(self, doc_id: str, update: bytes, origin: Origin) -> None:
         now = time.monotonic()
@@ -93,6 +95,10 @@ class Writer:
         if rows and (rows >= self.settle_after_updates or size >= self.settle_after_bytes):
             self._start_compaction(doc_id)
 
+    def uncommitted(self) -> int:
+        """Updates queued and not yet committed, the batch being committed included."""
+        return self._queued - self._stored
+
     def pending(self, doc_id: str | None = None) -> int:
         return len(self._queue) if doc_id is None else self._pending.get(doc_id, 0)
 
@@ -121,7 +127,6 @@ class Writer:
             del self._queue[: self.max_batch]
             if not self._queue:
                 self._wake.clear()
-            metrics.PERSIST_PENDING.set(len(self._queue) + len(batch))
             await self._commit(batch)
 
     async def _commit(self, batch: list[UpdateRecord]) -> None:
@@ -147,7 +152,6 @@ class Writer:
         self.healthy = True
         metrics.PERSIST_SECONDS.observe(time.perf_counter() - started)
         metrics.PERSIST_BATCH_UPDATES.observe(len(batch))
-        metrics.PERSIST_PENDING.set(len(self._queue))
         self._stored += len(batch)
         for record in batch:
             left = self._pending[record.doc_id] - 1
