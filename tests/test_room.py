@@ -252,6 +252,28 @@ def test_loading_a_state_that_does_not_decode_raises() -> None:
 # -- updates ---------------------------------------------------------------------------------
 
 
+def test_fan_out_writes_in_join_order() -> None:
+    order: list[int] = []
+
+    class Numbered(FakeTransport):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.n = n
+
+        def write(self, data: bytes) -> None:
+            order.append(self.n)
+
+    room = Room(DOC_ID, Sink())
+    peers = [Peer(Numbered(n)) for n in range(200)]
+    for peer in peers:
+        room.join(peer)
+    room.leave(peers[7])
+    room.join(peers[7])  # back again: now the newest
+    order.clear()
+    room.receive(peers[0], encode_update(update_inserting("x")))
+    assert order == [*range(1, 7), *range(8, 200), 7]
+
+
 def test_update_broadcasts_the_same_bytes_to_everyone_but_the_sender(fx: Fixture) -> None:
     a, b, c = fx.peers
     ta, tb, tc = fx.transports
