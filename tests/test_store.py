@@ -113,6 +113,14 @@ async def test_append_then_load_round_trips(store: Store) -> None:
     assert view(doc_from(stored.merged())) == expected
 
 
+async def test_append_now_commits_all_or_nothing(store: Store) -> None:
+    done = store.append_now([record("plan", b"a"), record("other", b"b")])
+    # Memory and SQLite commit on the spot; PostgreSQL only talks asynchronously.
+    assert done == (not isinstance(store, SqlStore) or store.engine.dialect.name == "sqlite")
+    expected = [b"a"] if done else []
+    assert (await store.load("plan")).updates == expected
+
+
 async def test_rows_out_of_causal_order_and_duplicates_load(store: Store) -> None:
     updates, expected = random_history(seed=2)
     shuffled = updates + updates[:20]
@@ -210,3 +218,19 @@ async def test_sqlite_log_is_checkpointed_beside_the_commits(
     assert wal.stat().st_size < 8 * 1024 * 1024  # about 4 MB: the log starts afresh
     stored = await store.load("plan")
     assert [int.from_bytes(u, "big") for u in stored.updates] == list(range(3000))
+
+
+async def test_sqlite_append_now_declines_while_another_connection_writes(
+    sqlite_store: tuple[SqlStore, Path],
+) -> None:
+    store, path = sqlite_store
+    assert store.append_now([record("plan", b"first")])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert not store.append_now([record("plan", b"second")])  # nothing written, no wait
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert store.append_now([record("plan", b"third")])
+    assert (await store.load("plan")).updates == [b"first", b"third"]

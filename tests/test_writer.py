@@ -69,9 +69,9 @@ async def test_a_lone_update_is_committed_at_once_a_stream_waits_for_the_window(
     try:
         first, *stream = small_updates(6)
         w.add("plan", first, WS)
-        # Alone after a quiet spell: committed on the loop's next turns, not half a second on.
+        # Alone after a quiet spell: committed by `add` itself, not half a second on.
+        assert len(store.rows["plan"]) == 1 and w.pending() == 0
         await w.flush("plan", timeout=0.2)
-        assert len(store.rows["plan"]) == 1
         for update in stream:
             w.add("plan", update, WS)
             await asyncio.sleep(0.01)
@@ -81,6 +81,22 @@ async def test_a_lone_update_is_committed_at_once_a_stream_waits_for_the_window(
         await w.flush("plan", timeout=2)
         assert len(store.rows["plan"]) == 2
         assert text_of((await store.load("plan")).merged()) == "012345"
+    finally:
+        task.cancel()
+
+
+async def test_a_lone_update_the_store_cannot_take_now_is_queued_and_committed() -> None:
+    store = MemoryStore()
+    store.fail_appends = True  # down when the update comes: `add` queues it
+    w = Writer(store, delay=0.5)
+    task = asyncio.create_task(w.run())
+    try:
+        (only,) = small_updates(1)
+        w.add("plan", only, WS)
+        assert w.pending("plan") == 1 and "plan" not in store.rows
+        store.fail_appends = False
+        await w.flush("plan", timeout=5)
+        assert text_of((await store.load("plan")).merged()) == "0"
     finally:
         task.cancel()
 

@@ -33,6 +33,12 @@ class Appender(Protocol):
         """Insert `records` and create/touch the `touch` document rows, in one transaction."""
         ...
 
+    def append_now(
+        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+    ) -> bool:
+        """The same, on the spot, if that needs no waiting; False: nothing was written."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -107,17 +113,30 @@ class SqliteAppender:
     async def append(
         self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
     ) -> None:
-        # The text form SQLAlchemy's SQLite DateTime reads back (naive, UTC).
-        text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
-        size = sum(len(r.data) for r in records)
+        if self.append_now(records, touch, stamp):
+            return
+        text = _text(stamp)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._append_waiting, records, touch, text)
+        self._written(records, touch)
+
+    def append_now(
+        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+    ) -> bool:
         # While the thread checkpoints, commits queue behind it: the first commit after a
         # complete checkpoint starts the log file from its beginning again, which a commit
         # made meanwhile on the loop would prevent (the log would only ever grow).
-        small = len(records) + len(touch) <= INLINE_MAX_ROWS and size <= INLINE_MAX_BYTES
-        inline = small and self._checkpointing is None
-        if not (inline and self._append_inline(records, touch, text)):
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._append_waiting, records, touch, text)
+        if self._checkpointing is not None or len(records) + len(touch) > INLINE_MAX_ROWS:
+            return False
+        if sum(len(r.data) for r in records) > INLINE_MAX_BYTES:
+            return False
+        if not self._append_inline(records, touch, _text(stamp)):
+            return False
+        self._written(records, touch)
+        return True
+
+    def _written(self, records: Sequence[UpdateRecord], touch: Sequence[str]) -> None:
+        size = sum(len(r.data) for r in records)
         self._unchecked_pages += 2 + len(touch) + size // PAGE_SIZE
         if self._unchecked_pages >= CHECKPOINT_AFTER_PAGES and self._checkpointing is None:
             self._unchecked_pages = 0
@@ -164,6 +183,11 @@ class SqliteAppender:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
+
+
+def _text(stamp: datetime) -> str:
+    """The text form SQLAlchemy's SQLite DateTime reads back (naive, UTC)."""
+    return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _write(
@@ -232,6 +256,11 @@ class PostgresAppender:
             # A connection in an unknown state is not reused.
             await self._discard()
             raise
+
+    def append_now(
+        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+    ) -> bool:
+        return False  # asyncpg only talks asynchronously
 
     async def _discard(self) -> None:
         conn, self._conn = self._conn, None

@@ -29,10 +29,14 @@ class MemoryStore:
         )
 
     async def append(self, records: Sequence[UpdateRecord]) -> None:
+        self.append_now(records)
+
+    def append_now(self, records: Sequence[UpdateRecord]) -> bool:
         if self.fail_appends:
             raise ConnectionError("store unavailable")
         for record in records:
             self.rows.setdefault(record.doc_id, []).append((next(self._seq), record))
+        return True
 
     async def replace(
         self,

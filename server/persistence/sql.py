@@ -90,6 +90,21 @@ class SqlStore:
     async def append(self, records: Sequence[UpdateRecord]) -> None:
         if not records:
             return
+        clock, stale = self._stale(records)
+        await self._appender.append(records, stale, now())
+        self._touch(clock, stale)
+
+    def append_now(self, records: Sequence[UpdateRecord]) -> bool:
+        if not records:
+            return True
+        clock, stale = self._stale(records)
+        if not self._appender.append_now(records, stale, now()):
+            return False
+        self._touch(clock, stale)
+        return True
+
+    def _stale(self, records: Sequence[UpdateRecord]) -> tuple[float, list[str]]:
+        """The documents whose row is due to be created or touched."""
         clock = time.monotonic()
         touched = self._touched
         # Sorted, so concurrent writers lock document rows in the same order.
@@ -100,9 +115,11 @@ class SqlStore:
                 if clock - touched.get(r.doc_id, -TOUCH_SECONDS) >= TOUCH_SECONDS
             }
         )
-        await self._appender.append(records, stale, now())
+        return clock, stale
+
+    def _touch(self, clock: float, stale: list[str]) -> None:
         for doc_id in stale:
-            touched[doc_id] = clock
+            self._touched[doc_id] = clock
 
     async def replace(
         self,

@@ -54,6 +54,11 @@ class Store(Protocol):
         """Durably append all records in one transaction."""
         ...
 
+    def append_now(self, records: Sequence[UpdateRecord]) -> bool:
+        """Append as `append` does, on the spot, if that needs no waiting; False when it
+        would (the database is busy, or only reachable asynchronously): nothing was written."""
+        ...
+
     async def replace(
         self,
         doc_id: str,
