@@ -3,9 +3,9 @@
 Rooms hand every effective update to `add`, which never waits: it commits a lone update on
 the spot when the store can do that without waiting, and queues everything else. One task
 commits what has gathered every `delay` seconds in a single transaction; updates of one
-document from one origin are merged into one row first. A failed commit keeps the batch and retries with
-backoff, and `flush(doc_id)` only returns once that document's updates are committed, so a
-room is never unloaded with unsaved changes.
+document from one origin are merged into one row first. A failed commit keeps the batch and
+retries with backoff, and `flush(doc_id)` only returns once that document's updates are
+committed, so a room is never unloaded with unsaved changes.
 """
 
 from __future__ import annotations
