@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,23 +185,30 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[tuple[SqlStore, Path]]:
     await sql.close()
 
 
+@contextlib.contextmanager
+def write_lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another connection holds the database's write lock meanwhile."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("COMMIT")
+        other.close()
+
+
 async def test_sqlite_append_waits_off_the_loop_for_a_lock_held_elsewhere(
     sqlite_store: tuple[SqlStore, Path],
 ) -> None:
     store, path = sqlite_store
     await store.append([record("plan", b"first")])
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
-    try:
+    with write_lock_held_elsewhere(path):
         pending = asyncio.ensure_future(store.append([record("plan", b"second")]))
         ticks = 0
         for _ in range(10):  # the loop keeps running while the commit waits
             await asyncio.sleep(0.02)
             ticks += 1
         assert ticks == 10 and not pending.done()
-    finally:
-        other.execute("COMMIT")
-        other.close()
     await asyncio.wait_for(pending, 10)
     assert (await store.load("plan")).updates == [b"first", b"second"]
 
@@ -225,12 +232,7 @@ async def test_sqlite_append_now_declines_while_another_connection_writes(
 ) -> None:
     store, path = sqlite_store
     assert store.append_now([record("plan", b"first")])
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held_elsewhere(path):
         assert not store.append_now([record("plan", b"second")])  # nothing written, no wait
-    finally:
-        other.execute("COMMIT")
-        other.close()
     assert store.append_now([record("plan", b"third")])
     assert (await store.load("plan")).updates == [b"first", b"third"]
