@@ -118,7 +118,7 @@ class SqliteAppender:
         text = _text(stamp)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._append_waiting, records, touch, text)
-        self._written(records, touch)
+        self._written(records, touch, sum(len(r.data) for r in records))
 
     def append_now(
         self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
@@ -128,16 +128,19 @@ class SqliteAppender:
         # made meanwhile on the loop would prevent (the log would only ever grow).
         if self._checkpointing is not None or len(records) + len(touch) > INLINE_MAX_ROWS:
             return False
-        if sum(len(r.data) for r in records) > INLINE_MAX_BYTES:
+        size = sum(len(r.data) for r in records)
+        if size > INLINE_MAX_BYTES or not self._append_inline(records, touch, _text(stamp)):
             return False
-        if not self._append_inline(records, touch, _text(stamp)):
-            return False
-        self._written(records, touch)
+        self._written(records, touch, size)
         return True
 
-    def _written(self, records: Sequence[UpdateRecord], touch: Sequence[str]) -> None:
-        size = sum(len(r.data) for r in records)
-        self._unchecked_pages += 2 + len(touch) + size // PAGE_SIZE
+    def _written(self, records: Sequence[UpdateRecord], touch: Sequence[str], size: int) -> None:
+        """Count the log pages a commit wrote, at most; checkpoint after ~1000 of them.
+
+        Rows of different documents land on different pages of the (doc_id, seq) index: one
+        page each at worst, besides the table's own pages. A lone row writes about three.
+        """
+        self._unchecked_pages += 2 + len(records) + len(touch) + size // PAGE_SIZE
         if self._unchecked_pages >= CHECKPOINT_AFTER_PAGES and self._checkpointing is None:
             self._unchecked_pages = 0
             self._start_checkpoint()
