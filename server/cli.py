@@ -105,12 +105,50 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _quiet_server(config)
     logs.install_redaction()
     _settle_heap()
     run_on_deep_stack(server)
     # uvicorn returns normally when startup fails (the lifespan raised); say so in the code.
     return 0 if server.started else 1
+
+
+def _quiet_server(config: Any) -> Any:
+    """A uvicorn server whose main loop wakes once a second, or at once on a signal.
+
+    uvicorn's own polls for the exit flag ten times a second. On a VM each wake-up of an
+    idle event loop costs about 0.25 ms of CPU, so that poll alone was 2.5 ms of CPU a
+    second, idle or busy. Once a second is what refreshing the Date header needs; a signal
+    wakes the loop through `wake`, from the main thread.
+    """
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        _loop: asyncio.AbstractEventLoop | None = None
+        _exit: asyncio.Event | None = None
+
+        async def main_loop(self) -> None:
+            self._loop = asyncio.get_running_loop()
+            self._exit = asyncio.Event()
+            counter = 0
+            # `on_tick` refreshes the Date header when counter % 10 == 0 (its 0.1 s steps).
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000
+                try:
+                    await asyncio.wait_for(self._exit.wait(), 1.0)
+                except TimeoutError:
+                    pass
+
+        def wake(self) -> None:
+            """Called from another thread once `should_exit` is set."""
+            loop, event = self._loop, self._exit
+            if loop is not None and event is not None:
+                try:
+                    loop.call_soon_threadsafe(event.set)
+                except RuntimeError:
+                    pass  # the loop has closed already
+
+    return QuietServer(config)
 
 
 def _settle_heap() -> None:
@@ -149,6 +187,7 @@ def run_on_deep_stack(server: Any) -> None:
         if server.should_exit and signum == signal.SIGINT:
             server.force_exit = True
         server.should_exit = True
+        server.wake()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -473,3 +475,19 @@ async def test_a_document_that_fails_to_load_is_refused_and_left_untouched(
 
     assert await dump_rows(database_url, broken) == before
     assert tokens(doc_of(await load_stored(database_url, healthy))) == [*words, "zeta"]
+
+
+async def test_the_quiet_main_loop_keeps_the_date_fresh_and_stops_on_sigterm(
+    server: ServerProcess,
+) -> None:
+    # The server's main loop ticks once a second (not uvicorn's ten): the Date header must
+    # still move on, and SIGTERM must still stop it cleanly.
+    dates = []
+    async with httpx.AsyncClient() as http:
+        for _ in range(2):
+            response = await http.get(f"{server.http_url}/readyz")
+            dates.append(parsedate_to_datetime(response.headers["date"]))
+            await asyncio.sleep(2.2)
+    assert abs((datetime.now(UTC) - dates[1]).total_seconds()) < 5
+    assert 1 <= (dates[1] - dates[0]).total_seconds() <= 4
+    await stop_cleanly(server)
