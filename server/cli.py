@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -134,19 +135,15 @@ def _quiet_server(config: Any) -> Any:
             # `on_tick` refreshes the Date header when counter % 10 == 0 (its 0.1 s steps).
             while not await self.on_tick(counter):
                 counter = (counter + 10) % 864000
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._exit.wait(), 1.0)
-                except TimeoutError:
-                    pass
 
         def wake(self) -> None:
             """Called from another thread once `should_exit` is set."""
             loop, event = self._loop, self._exit
             if loop is not None and event is not None:
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop has closed already
                     loop.call_soon_threadsafe(event.set)
-                except RuntimeError:
-                    pass  # the loop has closed already
 
     return QuietServer(config)
 
