@@ -94,15 +94,21 @@ const round = (x, digits = 3) => (x === null || x === undefined || !Number.isFin
 const CLK_TCK = num('clk-tck')
 const serverPid = opt.pid ? Number(opt.pid) : null
 
-function procCpuSeconds (pid) {
+/** [user, system] CPU seconds of a process (utime and stime, fields 14 and 15), or null. */
+function procTimes (pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // The command name may contain spaces; fields after it are space separated.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK // utime, stime (fields 14, 15)
+    return [Number(fields[11]) / CLK_TCK, Number(fields[12]) / CLK_TCK]
   } catch {
     return null
   }
+}
+
+function procCpuSeconds (pid) {
+  const times = procTimes(pid)
+  return times === null ? null : times[0] + times[1]
 }
 
 function procMemoryMB (pid) {
@@ -151,7 +157,7 @@ class Meter {
 
   start () {
     this.t0 = now()
-    this.serverCpu0 = serverPid ? procCpuSeconds(serverPid) : null
+    this.serverTimes0 = serverPid ? procTimes(serverPid) : null
     this.genCpu0 = this.genCpu()
     this.machineCpu0 = machineCpuSeconds()
     this.rssPeak = 0
@@ -172,10 +178,13 @@ class Meter {
     clearInterval(this.timer)
     this.loop.disable()
     const seconds = (now() - this.t0) / 1000
-    const serverCpu1 = serverPid ? procCpuSeconds(serverPid) : null
+    const serverTimes1 = serverPid ? procTimes(serverPid) : null
+    const serverTimes = (serverTimes1 !== null && this.serverTimes0 !== null)
+      ? serverTimes1.map((t, i) => t - this.serverTimes0[i])
+      : null
     const perProc = this.genCpu().map((cpu, i) => cpu - this.genCpu0[i])
     const genCpu = perProc.reduce((a, b) => a + b, 0)
-    const serverCpu = (serverCpu1 !== null && this.serverCpu0 !== null) ? serverCpu1 - this.serverCpu0 : null
+    const serverCpu = serverTimes === null ? null : serverTimes[0] + serverTimes[1]
     const mem = serverPid ? procMemoryMB(serverPid) : { hwm: null }
     const machine1 = machineCpuSeconds()
     const machineCpu = (machine1 !== null && this.machineCpu0 !== null) ? machine1 - this.machineCpu0 : null
@@ -185,6 +194,8 @@ class Meter {
       window_s: round(seconds),
       server_cpu_s: round(serverCpu),
       server_cpu_util: serverCpu === null ? null : round(serverCpu / seconds),
+      // The kernel's part of it: on loopback, sending a frame also runs the receiver's side.
+      server_sys_s: serverTimes === null ? null : round(serverTimes[1]),
       server_rss_peak_mb: serverPid ? round(this.rssPeak, 1) : null,
       server_hwm_mb: round(mem.hwm, 1),
       gen_cpu_s: round(genCpu),

@@ -485,6 +485,7 @@ FIGURES: dict[str, list[tuple[str, str, bool | None]]] = {
         ("lost", "lost", None),
         ("delivered/s", "delivered_per_s", False),
         ("server CPU s", "server_cpu_s", True),
+        ("server CPU s in the kernel", "server_sys_s", None),
         ("server peak RSS MB", "server_rss_peak_mb", True),
         ("PostgreSQL CPU s (whole run)", "db_cpu_s", None),
         ("uncommitted updates at the end", "uncommitted_at_end", None),
