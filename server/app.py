@@ -69,6 +69,10 @@ async def _running(
         compact_after_bytes=settings.compact_after_bytes,
     )
     registry = Registry(store, writer, grace=settings.room_grace_seconds)
+    blobs = FileBlobStore(settings.blob_dir)
+    swept = await asyncio.to_thread(blobs.sweep_stale_uploads)
+    if swept:
+        log.warning("removed %d unfinished uploads left by an earlier process", swept)
     commit_loop = asyncio.get_running_loop().create_task(writer.run())
     where = "memory (nothing is stored)" if settings.in_memory else engine.url.render_as_string()
     log.info("tandem %s ready; documents in %s", __version__, where)
@@ -81,7 +85,7 @@ async def _running(
             "writer": writer,
             "registry": registry,
             "engine": engine,
-            "blobs": FileBlobStore(settings.blob_dir),
+            "blobs": blobs,
         }
     finally:
         await registry.close()

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from typing import IO, Protocol
 _KEY = re.compile(r"[0-9a-f]{64}")
 _WRITE_BUFFER = 1024 * 1024  # bytes gathered before one write (and hash update) in a thread
 _READ_CHUNK = 256 * 1024
+# An upload's temporary file older than this was left by a process that died mid-upload;
+# younger ones may belong to an upload in progress in another server process.
+STALE_UPLOAD_SECONDS = 24 * 3600
 
 
 class BlobTooLarge(Exception):
@@ -67,6 +71,22 @@ class FileBlobStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
+
+    def sweep_stale_uploads(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+        """Remove temporary upload files older than `older_than` seconds, which a process
+        that was killed mid-upload left behind; return how many. Blocking: run in a thread."""
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            leftovers = list(self.tmp.glob("*.part"))
+        except OSError:
+            return 0
+        for leftover in leftovers:
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+        return removed
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):

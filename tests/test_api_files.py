@@ -373,3 +373,27 @@ async def test_upload_cut_off_midway_leaves_nothing(
             await asyncio.sleep(0.05)
         assert stored_blobs(blob_dir) == []
         assert (await http.get("/files")).json()["files"] == []
+
+
+async def test_start_up_removes_uploads_a_killed_process_left_behind(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A process killed mid-upload leaves its temporary file; the next start removes it once
+    it is a day old, and keeps younger ones (another process may still be writing them)."""
+    tmp = tmp_path / "blobs" / "tmp"
+    tmp.mkdir(parents=True)
+    old, young = tmp / "a1.part", tmp / "b2.part"
+    old.write_bytes(b"\x00" * 1000)
+    young.write_bytes(b"\x00" * 1000)
+    day_and_a_bit = time.time() - 25 * 3600
+    os.utime(old, (day_and_a_bit, day_and_a_bit))
+    server, blob_dir = await start(make_server, tmp_path)
+    assert not old.exists()
+    assert young.exists()
+    async with api(server) as http:  # and uploads still work beside the survivor
+        folder = await make_folder(http)
+        response = await http.post(
+            "/files", params={"folder_id": folder, "name": "a.txt"}, content=b"hi"
+        )
+        assert response.status_code == 201, response.text
+    assert sorted(p.name for p in stored_blobs(blob_dir) if p.suffix == ".part") == ["b2.part"]
