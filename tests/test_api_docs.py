@@ -12,6 +12,8 @@ from conftest import ServerFactory, ServerProcess
 from helpers import api, assert_error, query, wait_until
 from pycrdt import Array, Map, Text, XmlFragment
 from sqlalchemy import text
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from client.sync import SyncClient
 from server.api import routes as api_routes
@@ -207,6 +209,66 @@ async def test_update_move_and_soft_delete(database_url: str, make_server: Serve
             d=doc_id,
         )
         assert stored == [(True,)]
+
+
+async def close_of(url: str, *, send: bytes | None = None) -> tuple[int | None, str]:
+    """Open a WebSocket, optionally send a frame, and wait for the server to close it."""
+    async with connect(url, open_timeout=10) as ws:
+        if send is not None:
+            await ws.send(send)
+        try:
+            async with asyncio.timeout(10):
+                async for _ in ws:
+                    pass
+        except ConnectionClosed:
+            pass
+        return ws.close_code, ws.close_reason or ""
+
+
+async def test_deleting_a_document_closes_its_connections_and_refuses_new_ones(
+    database_url: str, make_server: ServerFactory
+) -> None:
+    server = await make_server(database_url)
+    async with api(server) as http:
+        gone = (await http.post("/docs", json={"kind": "doc", "title": "草稿"})).json()["id"]
+        kept = (await http.post("/docs", json={"kind": "doc", "title": "方案"})).json()["id"]
+        async with (
+            connect(f"{server.ws_url}/{gone}", open_timeout=10) as open_tab,
+            SyncClient(server.ws_url, kept) as neighbour,
+        ):
+            await open_tab.recv()  # the greeting: this connection is in the room
+            await neighbour.wait_synced()
+            assert (await http.delete(f"/docs/{gone}")).status_code == 204
+            try:
+                async with asyncio.timeout(10):
+                    async for _ in open_tab:
+                        pass
+            except ConnectionClosed:
+                pass
+            assert (open_tab.close_code, open_tab.close_reason) == (4404, "document was deleted")
+            # A reconnecting client is refused, and nothing it would send is taken.
+            assert await close_of(f"{server.ws_url}/{gone}") == (4404, "document was deleted")
+            # The other document's client is untouched and still edits.
+            count = "SELECT count(*) FROM updates WHERE doc_id = :d"
+            before = await query(server.database_url, count, d=kept)
+            neighbour.doc.get("meta", type=Map)["notes"] = "still here"
+            async with asyncio.timeout(10):
+                while await query(server.database_url, count, d=kept) == before:
+                    await asyncio.sleep(0.05)
+        rows_before = await query(
+            server.database_url, "SELECT count(*) FROM updates WHERE doc_id = :d", d=gone
+        )
+    # After a restart the deletion is read from the database when the room loads.
+    await server.stop()
+    await server.start()
+    assert await close_of(f"{server.ws_url}/{gone}") == (4404, "document was deleted")
+    rows_after = await query(
+        server.database_url, "SELECT count(*) FROM updates WHERE doc_id = :d", d=gone
+    )
+    assert rows_after == rows_before
+    async with SyncClient(server.ws_url, kept) as again:
+        await again.wait_synced()
+        await wait_until(lambda: again.doc.get("meta", type=Map).get("notes") == "still here")
 
 
 async def test_errors_are_json_with_status_and_field(server: ServerProcess) -> None:

@@ -689,6 +689,22 @@ def test_a_dropped_peer_is_aborted_once_and_sent_nothing_more() -> None:
     assert counter("tandem_slow_peers_dropped_total") == dropped + 1
 
 
+def test_close_all_closes_every_peer_with_the_code_and_reason() -> None:
+    room = Room("plan", Sink())
+    bare, owned = FakeTransport(), FakeTransport()
+    closes: list[tuple[int, str]] = []
+    cut = Peer(bare)  # no session set its close: the connection is cut
+    hosted = Peer(owned)
+    hosted.close = lambda code, reason: closes.append((code, reason))
+    room.join(cut)
+    room.join(hosted)
+    room.close_all(4404, "document was deleted")
+    assert closes == [(4404, "document was deleted")]
+    assert cut.closed and bare.aborts == 1 and owned.aborts == 0
+    room.close_all(4404, "document was deleted")  # a cut peer is not cut twice
+    assert bare.aborts == 1
+
+
 def test_send_to_a_closing_transport_is_a_no_op() -> None:
     transport = FakeTransport()
     peer = Peer(transport)

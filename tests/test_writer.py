@@ -13,6 +13,7 @@ from server.origin import Origin
 from server.persistence.memory import MemoryStore
 from server.persistence.store import UpdateRecord
 from server.persistence.writer import Writer
+from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 
 WS = Origin("ws", "ana")
@@ -174,6 +175,42 @@ async def test_concurrent_joins_share_one_load() -> None:
         registry.release("plan")
     await asyncio.sleep(0.2)
     assert "plan" not in registry.rooms  # unloaded after the grace period
+
+
+class Silent:
+    """A transport that takes every write and never backs up."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_a_deletion_during_a_load_marks_the_room_it_produces() -> None:
+    """The load may have read the document just before the deletion was committed: the
+    room it produces is marked deleted all the same, and a connected peer is closed."""
+    store = CountingStore()
+    registry = Registry(store, Writer(store), grace=0.05)
+    joining = asyncio.create_task(registry.acquire("plan", warm=False))
+    await asyncio.sleep(0.01)
+    registry.deleted("plan", "document was deleted")  # no room yet: the load is under way
+    store.gate.set()
+    room = await joining
+    assert room.deleted
+    closed: list[tuple[int, str]] = []
+    peer = Peer(Silent())
+    peer.close = lambda code, reason: closed.append((code, reason))
+    room.join(peer)
+    registry.deleted("plan", "document was deleted")  # the room is loaded now
+    assert closed == [(4404, "document was deleted")]
+    registry.release("plan")
 
 
 async def test_failed_load_leaves_no_room_and_can_be_retried() -> None:

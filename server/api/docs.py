@@ -271,6 +271,7 @@ async def delete_doc(request: Request) -> Response:
     async with state.engine(request).begin() as conn:
         if not await workspace.soft_delete_document(conn, doc_id, deleted_by=user):
             raise not_found("document", doc_id)
+    state.registry(request).deleted(doc_id, "document was deleted")
     return Response(status_code=204)
 
 

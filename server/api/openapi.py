@@ -174,7 +174,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                 tag="docs",
             ),
             "delete": _operation(
-                "Delete a document (soft: its history stays stored)",
+                "Delete a document (soft: its history stays stored); its open WebSocket "
+                "connections are closed with 4404 and new ones refused",
                 ok=(204, "deleted", None),
                 errors=read,
                 tag="docs",

@@ -73,18 +73,20 @@ class SqlStore:
             ).all()
             base = (
                 await conn.execute(
-                    select(snapshots.c.id, snapshots.c.state)
+                    select(snapshots.c.id, snapshots.c.state, documents.c.deleted_at)
                     .select_from(
-                        documents.join(snapshots, snapshots.c.id == documents.c.snapshot_id)
+                        documents.outerjoin(snapshots, snapshots.c.id == documents.c.snapshot_id)
                     )
                     .where(documents.c.id == doc_id)
                 )
             ).first()
+        snapshot = base if base is not None and base.id is not None else None
         return StoredDoc(
-            snapshot_id=base.id if base else None,
-            snapshot=bytes(base.state) if base else None,
+            snapshot_id=snapshot.id if snapshot else None,
+            snapshot=bytes(snapshot.state) if snapshot else None,
             seqs=[row.seq for row in rows],
             updates=[bytes(row.data) for row in rows],
+            deleted=base is not None and base.deleted_at is not None,
         )
 
     async def append(self, records: Sequence[UpdateRecord]) -> None:

@@ -26,6 +26,8 @@ class StoredDoc:
     snapshot: bytes | None = None
     seqs: list[int] = field(default_factory=list)
     updates: list[bytes] = field(default_factory=list)
+    # Soft-deleted through the API: the history stays stored, but nobody may open it.
+    deleted: bool = False
 
     @property
     def empty(self) -> bool:

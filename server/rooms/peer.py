@@ -37,6 +37,7 @@ class Peer:
     __slots__ = (
         "buffer_limit",
         "client_ids",
+        "close",
         "closed",
         "id",
         "origin",
@@ -62,6 +63,9 @@ class Peer:
         self.closed = False
         # Awareness client ids this connection announced; cleared for everyone when it leaves.
         self.client_ids: set[int] = set()
+        # Ends the connection with a WebSocket close code and reason; set by the session
+        # that owns it. Until then (and in unit tests) it cuts the connection.
+        self.close: Callable[[int, str], None] = self._cut
 
     def backed_up(self, yes: bool) -> None:
         """The transport's buffer went over its high-water mark (or back under it)."""
@@ -73,6 +77,11 @@ class Peer:
         self.transport.write(frame)
         if self.transport.get_write_buffer_size() > self.buffer_limit:
             self.drop("send buffer over limit: client is not reading")
+
+    def _cut(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
 
     def send(self, frame: bytes) -> None:
         """Write one frame to this peer alone, unless its connection is going away."""

@@ -80,6 +80,7 @@ class Registry:
         try:
             stored = await self.store.load(doc_id)
             room = Room(doc_id, self.writer.add)
+            room.deleted = stored.deleted
 
             def decode() -> None:
                 room.load(stored.merged())  # merges the rows and reads the state vector
@@ -116,6 +117,17 @@ class Registry:
             yield room
         finally:
             self.release(doc_id)
+
+    def deleted(self, doc_id: str, reason: str) -> None:
+        """The document was deleted: close its connections (code 4404) and refuse new ones
+        while its room stays loaded; a later load reads the deletion from the store."""
+        room = self.rooms.get(doc_id)
+        if room is not None:
+            room.deleted = True
+            room.close_all(4404, reason)
+        load = self._loads.get(doc_id)
+        if load is not None:  # it may have read the document before the deletion
+            load.add_done_callback(lambda _: self.deleted(doc_id, reason))
 
     def release(self, doc_id: str) -> None:
         left = self._refs[doc_id] - 1

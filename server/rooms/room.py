@@ -90,6 +90,7 @@ class Room:
         self._cold: bytes | None = None  # stored state not yet applied to `_doc`
         self._cold_vector = EMPTY_STATE_VECTOR
         self.broken: str | None = None  # why the stored state could not be applied
+        self.deleted = False  # soft-deleted: no one may join; its peers were sent away
 
     def _capture(self, event: TransactionEvent) -> None:
         self._effective = event.update
@@ -247,6 +248,12 @@ class Room:
     def rewired(self) -> None:
         """A peer's `write` changed (see Peer.backed_up): rebuild the fan-out."""
         self._fanout = None
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every peer's connection with `code` and `reason` (e.g. the document was
+        deleted). Each session then leaves the room as on any close."""
+        for peer in list(self.peers):
+            peer.close(code, reason)
 
     def leave(self, peer: Peer) -> None:
         """Take `peer` out of the room (again: a no-op) and clear its presence for everyone."""

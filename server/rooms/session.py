@@ -23,6 +23,7 @@ log = logging.getLogger("tandem.rooms")
 
 # Letters of any script, digits, "_", "." and "-"; no separators that could alias keys.
 _REJECTED = "tandem.rejected"
+_CLOSE = "tandem.close"
 DOC_ID = re.compile(r"\w[\w.-]{0,127}")
 
 
@@ -67,6 +68,11 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         room = await registry.acquire(doc_id, warm=False)
     except LoadFailed:
         await close(1011, "document could not be loaded; try again later")
+        return
+    if room.deleted:
+        registry.release(doc_id)
+        log.info("ws refused doc=%s client=%s: deleted", doc_id, client)
+        await close(4404, "document was deleted")
         return
 
     peer = Peer(
@@ -113,6 +119,11 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
             peer.backed_up(backed_up)
             room.rewired()
 
+        def shut(code: int, reason: str) -> None:
+            wire.handler = None  # frames after this wait in the queue behind the close
+            wire.post({"type": _CLOSE, "code": code, "reason": reason})
+
+        peer.close = shut
         wire.on_backlog = backlog
         wire.on_lost = lambda: room.leave(peer)
         wire.handler = deliver
@@ -126,6 +137,10 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
                 deliver(data)
             elif kind == _REJECTED:
                 raise RejectedFrame(message["code"], message["reason"])
+            elif kind == _CLOSE:
+                code, reason = message["code"], message["reason"]
+                await close(code, reason)
+                break
             else:
                 code = message.get("code")
                 reason = message.get("reason") or ""
