@@ -114,6 +114,36 @@ async def test_frames_split_batched_fragmented_and_pings_interleave(server: Serv
     assert server.proc is not None and server.proc.poll() is None
 
 
+async def test_a_frame_cut_right_after_its_header_is_not_read_twice(
+    server: ServerProcess,
+) -> None:
+    """TCP may deliver a frame's header and mask alone: the library then waits for the
+    payload with nothing buffered. The payload must reach the library too, even when its
+    masked bytes look like the start of a frame (here 0x82 0x81: a 1-byte binary frame)."""
+    words = ["甲", "乙"]
+    frames = updates(words)
+    payload = frames[0]
+    mask = bytes((payload[0] ^ 0x82, payload[1] ^ 0x81)) + os.urandom(2)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 126 and body[:2] == b"\x82\x81"
+    async with SyncClient(server.ws_url, "cut") as watcher:
+        await watcher.wait_synced()
+        reader, writer = await upgrade(server.port, "cut")
+        try:
+            await read_frame(reader)  # the greeting: the session has joined the room
+            writer.write(bytes((0x82, 0x80 | len(payload))) + mask)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(body + masked(2, frames[1]))
+            await writer.drain()
+            async with asyncio.timeout(10):
+                while str(watcher.doc.get("text", type=Text)) != "".join(words):
+                    await asyncio.sleep(0.02)
+        finally:
+            writer.close()
+    assert "rejected" not in server.log()
+
+
 async def test_unmasked_frame_is_refused_by_the_library(server: ServerProcess) -> None:
     reader, writer = await upgrade(server.port, "wire2")
     try:

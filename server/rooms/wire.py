@@ -17,6 +17,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import OPEN
+from websockets.streams import StreamReader
 
 try:
     from websockets.speedups import apply_mask
@@ -24,6 +25,8 @@ except ImportError:  # a build of websockets without its C extension
     from websockets.utils import apply_mask
 
 SCOPE_KEY = "tandem.wire"
+# The code of the generator websockets' frame parser waits in between frames.
+_AWAITING_FRAME = StreamReader.at_eof.__code__
 
 
 def frame_binary(payload: bytes) -> bytes:
@@ -119,6 +122,8 @@ class WireProtocol(WebSocketsSansIOProtocol):
     """
 
     handler: Callable[[bytes], None] | None = None
+    # Whether the last bytes received went to the library's parser (see data_received).
+    _library_fed = True
     # Set by the session once it has joined a room. `on_backlog(True)` when the transport's
     # buffer passes its high-water mark (64 KiB), `on_backlog(False)` when it has drained;
     # `on_lost` when the connection is lost, so the room stops writing to it at once.
@@ -136,14 +141,34 @@ class WireProtocol(WebSocketsSansIOProtocol):
         # Complete, unfragmented, masked binary frames are unmasked here and handed to the
         # session directly; the library's frame parser, a Python generator, costs several
         # times as much per frame. Anything else (control frames, fragments, a frame split
-        # across reads, one over the size limit) goes to the library from a frame boundary.
+        # across reads, one over the size limit) goes to the library from a frame boundary,
+        # and everything after it too until the library's parser is between frames again.
         if self.handler is not None and not self.frames:
             conn = self.conn
-            if conn.current_size is None and not conn.reader.buffer and conn.state is OPEN:
+            if (
+                conn.current_size is None
+                and not conn.reader.buffer
+                and conn.state is OPEN
+                and (not self._library_fed or self._library_between_frames())
+            ):
+                self._library_fed = False
                 data = self._deliver_frames(data)
                 if not data:
                     return
+        self._library_fed = True
         super().data_received(data)
+
+    def _library_between_frames(self) -> bool:
+        """Whether the library's parser waits for the first byte of a frame.
+
+        An empty buffer is not enough: a frame's header may have come alone, and the parser
+        then waits for the payload with nothing buffered. Between frames the innermost of its
+        generators is the reader's `at_eof`.
+        """
+        parser: Any = self.conn.parser
+        while parser.gi_yieldfrom is not None:
+            parser = parser.gi_yieldfrom
+        return parser.gi_code is _AWAITING_FRAME
 
     def _deliver_frames(self, data: bytes) -> bytes:
         """Deliver the whole binary frames at the start of `data`; return what is left."""
