@@ -16,7 +16,7 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
 
 try:
@@ -236,6 +236,12 @@ class WireProtocol(WebSocketsSansIOProtocol):
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]
             self.scope["headers"] = []
+            conn = self.conn
+            if conn.state is OPEN and not conn.reader.buffer and self._library_between_frames():
+                # The library's parser keeps the request as a local of its opening-handshake
+                # generator; a fresh frame parser, started between frames, does not.
+                conn.parser = Protocol.parse(conn)
+                next(conn.parser)
 
     def post(self, event: dict[str, Any]) -> None:
         """Queue an event for the ASGI side of this connection (e.g. a rejection)."""
