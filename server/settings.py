@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # The largest WebSocket message accepted; larger ones close the connection with 1009.
     # Keep it above the largest legitimate sync step 2 (a whole document).
     max_message_bytes: int = 16 * 1024 * 1024
+    # What one connection may send, sustained (bursts of ten seconds' worth pass); a client
+    # that keeps sending faster is disconnected with 1008. 0: no limit.
+    max_messages_per_second: float = 200.0
+    max_bytes_per_second: float = 8 * 1024 * 1024
     # Bytes queued for one client before it counts as not reading and is disconnected.
     send_buffer_bytes: int = 32 * 1024 * 1024
     # Seconds a room stays loaded after its last client leaves.

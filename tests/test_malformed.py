@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from client.sync import SyncClient
 from server.auth import issue_token
 from shared.protocol import (
+    MSG_QUERY_AWARENESS,
     MSG_SYNC,
     SYNC_STEP1,
     decode_message,
@@ -298,6 +299,57 @@ async def test_bad_frames_close_only_their_connection(make_server: ServerFactory
     for marker in [c.marker for c in cases if c.marker] + ["EVIL-after-legit"]:
         assert marker not in stored_text, marker
         assert not any(marker.encode() in row for row in rows), marker
+
+
+# -- floods ------------------------------------------------------------------------------------
+
+
+async def test_floods_close_only_their_connection(make_server: ServerFactory) -> None:
+    """A client that keeps sending faster than its allowance is closed with 1008; a burst
+    within ten seconds' worth passes; the room, its other clients and their edits go on."""
+    server = await make_server(
+        None, TANDEM_MAX_MESSAGES_PER_SECOND="50", TANDEM_MAX_BYTES_PER_SECOND="100000"
+    )
+    url = f"{server.ws_url}/{ROOM}"
+    query = bytes((MSG_QUERY_AWARENESS,))
+    async with SyncClient(server.ws_url, ROOM) as a, SyncClient(server.ws_url, ROOM) as b:
+        await a.wait_synced()
+        await b.wait_synced()
+        editors = Editors(a, b)
+        editors.start()
+
+        # A burst of 400 messages (ten seconds' worth is 500) is fine, and so is its edit.
+        async with raw(url) as ws:
+            await greeting(ws)
+            for _ in range(400):
+                await ws.send(query)
+            await ws.send(encode_update(update_inserting("[burst]")))
+            await wait_until(lambda: "[burst]" in text_of(a.doc), what="burst edit at a")
+            assert ws.close_code is None
+
+        # Messages without end: closed once the allowance runs out.
+        async with raw(url) as ws:
+            await greeting(ws)
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(5000):
+                    await ws.send(query)
+            flood = await closed_by_server(ws)
+        await editors.check_sync("message-flood")
+
+        # Big valid edits without end: 100 KB each against 100,000 bytes a second.
+        async with raw(url) as ws:
+            await greeting(ws)
+            with contextlib.suppress(ConnectionClosed):
+                for n in range(40):
+                    await ws.send(encode_update(update_inserting(f"[big{n}]" + "x" * 100_000)))
+            byte_flood = await closed_by_server(ws)
+        await editors.check_sync("byte-flood")
+        await assert_alive(server)
+        await editors.stop()
+
+    assert flood == (1008, "too many messages: at most 50 a second")
+    assert byte_flood == (1008, "too much data: at most 100000 bytes a second")
+    assert server.log().count("rejected frame") == 2, server.log()
 
 
 # -- document ids ----------------------------------------------------------------------------

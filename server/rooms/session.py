@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 from server import metrics
 from server.auth import AuthError, authenticate
 from server.metrics import TALLY
+from server.rooms.flood import FloodGuard, Flooding
 from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 from server.rooms.room import RejectedFrame
@@ -81,6 +82,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         read_only=principal.read_only,
         buffer_limit=settings.send_buffer_bytes,
     )
+    guard = FloodGuard(settings.max_messages_per_second, settings.max_bytes_per_second)
     started = time.monotonic()
     frames = 0
     code: Any = None
@@ -103,10 +105,14 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         TALLY.frames_in += 1
         TALLY.bytes_in += len(data)
         try:
+            guard.take(len(data))
             room.receive(peer, data)
         except RejectedFrame as exc:
             wire.handler = None  # later frames wait in the queue behind the rejection
             wire.post({"type": _REJECTED, "code": exc.code, "reason": exc.reason})
+        except Flooding as exc:
+            wire.handler = None
+            wire.post({"type": _REJECTED, "code": 1008, "reason": exc.reason})
         except Exception:
             log.exception("error handling a frame doc=%s peer=%d", doc_id, peer.id)
             wire.handler = None
