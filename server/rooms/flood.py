@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import time
 
+from server.rooms.room import RejectedFrame
+
 BURST_SECONDS = 10.0
 # A rate of 0 means no limit: a rate so high no bucket ever runs dry (and, unlike infinity,
 # one that times a zero interval gives zero rather than NaN).
 _UNLIMITED = 1e18
 
 
-class Flooding(Exception):
-    """The connection sent more than its allowance; `reason` says which."""
+class Flooding(RejectedFrame):
+    """The connection sent more than its allowance (closed with 1008, policy violation)."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        super().__init__(1008, reason)
 
 
 class FloodGuard:

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from server import metrics
 from server.auth import AuthError, authenticate
 from server.metrics import TALLY
-from server.rooms.flood import FloodGuard, Flooding
+from server.rooms.flood import FloodGuard
 from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 from server.rooms.room import RejectedFrame
@@ -110,9 +110,6 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         except RejectedFrame as exc:
             wire.handler = None  # later frames wait in the queue behind the rejection
             wire.post({"type": _REJECTED, "code": exc.code, "reason": exc.reason})
-        except Flooding as exc:
-            wire.handler = None
-            wire.post({"type": _REJECTED, "code": 1008, "reason": exc.reason})
         except Exception:
             log.exception("error handling a frame doc=%s peer=%d", doc_id, peer.id)
             wire.handler = None
