@@ -11,14 +11,18 @@ import base64
 import contextlib
 import os
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 from conftest import ServerFactory, ServerProcess
 from helpers import metric
 from pycrdt import Doc, Text, TransactionEvent
+from websockets.frames import Opcode
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
 
 from client.sync import SyncClient
-from server.rooms.wire import Flag, Inbox
+from server.rooms.wire import Flag, Inbox, WireProtocol
 from shared.protocol import encode_update
 
 
@@ -158,6 +162,38 @@ async def test_unmasked_frame_is_refused_by_the_library(server: ServerProcess) -
                     break
     finally:
         writer.close()
+
+
+def test_the_library_parser_is_seen_between_frames_and_inside_one() -> None:
+    """What WireProtocol assumes of the installed websockets: between frames its parser
+    waits in the reader's `at_eof`, inside a frame elsewhere; and a plain frame parser
+    started between frames takes over from the handshake parser."""
+    conn = ServerProtocol()
+    key = base64.b64encode(os.urandom(16)).decode()
+    conn.receive_data(
+        (
+            "GET /ws/x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    [request] = conn.events_received()
+    conn.send_response(conn.accept(request))
+    wire: Any = SimpleNamespace(conn=conn)
+    assert WireProtocol._library_between_frames(wire)
+    frame = masked(2, b"\x00\x00\x01\x00")
+    conn.receive_data(frame[:6])  # the header and mask alone
+    assert not WireProtocol._library_between_frames(wire)
+    conn.receive_data(frame[6:])
+    assert [e.data for e in conn.events_received()] == [b"\x00\x00\x01\x00"]
+    assert WireProtocol._library_between_frames(wire)
+    conn.parser = Protocol.parse(conn)  # what release_handshake does
+    next(conn.parser)
+    assert WireProtocol._library_between_frames(wire)
+    conn.receive_data(masked(2, b"\x03") + masked(9, b"ping?"))
+    assert [(e.opcode, e.data) for e in conn.events_received()] == [
+        (Opcode.BINARY, b"\x03"),
+        (Opcode.PING, b"ping?"),
+    ]
 
 
 async def test_inbox_hands_events_over_in_order_and_wakes_its_reader() -> None:
