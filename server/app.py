@@ -68,7 +68,12 @@ async def _running(
         compact_after_updates=settings.compact_after_updates,
         compact_after_bytes=settings.compact_after_bytes,
     )
-    registry = Registry(store, writer, grace=settings.room_grace_seconds)
+    registry = Registry(
+        store,
+        writer,
+        grace=settings.room_grace_seconds,
+        max_document_bytes=settings.max_document_bytes,
+    )
     blobs = FileBlobStore(settings.blob_dir)
     swept = await asyncio.to_thread(blobs.sweep_stale_uploads)
     if swept:

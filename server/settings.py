@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # The largest WebSocket message accepted; larger ones close the connection with 1009.
     # Keep it above the largest legitimate sync step 2 (a whole document).
     max_message_bytes: int = 16 * 1024 * 1024
+    # A document whose encoded state would grow past this refuses further client updates
+    # (the sender is closed with 1009); 0: no limit.
+    max_document_bytes: int = 256 * 1024 * 1024
     # What one connection may send, sustained (bursts of ten seconds' worth pass); a client
     # that keeps sending faster is disconnected with 1008. 0: no limit.
     max_messages_per_second: float = 200.0

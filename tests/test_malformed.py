@@ -352,6 +352,30 @@ async def test_floods_close_only_their_connection(make_server: ServerFactory) ->
     assert server.log().count("rejected frame") == 2, server.log()
 
 
+async def test_a_document_over_its_size_limit_refuses_only_the_growing_client(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(None, TANDEM_MAX_DOCUMENT_BYTES="50000")
+    url = f"{server.ws_url}/{ROOM}"
+    async with SyncClient(server.ws_url, ROOM) as a, SyncClient(server.ws_url, ROOM) as b:
+        await a.wait_synced()
+        await b.wait_synced()
+        editors = Editors(a, b)
+        editors.start()
+        async with raw(url) as ws:
+            await greeting(ws)
+            with contextlib.suppress(ConnectionClosed):
+                for n in range(20):
+                    await ws.send(encode_update(update_inserting(f"[big{n}]" + "x" * 10_000)))
+            closed = await closed_by_server(ws)
+        await editors.check_sync("after-the-ceiling")  # small edits still fit
+        await editors.stop()
+        grown = text_of(a.doc)
+    assert closed == (1009, "document is over its size limit")
+    assert "[big0]" in grown and "[big19]" not in grown
+    await assert_alive(server)
+
+
 # -- document ids ----------------------------------------------------------------------------
 
 INVALID_DOC_IDS = [

@@ -705,6 +705,42 @@ def test_close_all_closes_every_peer_with_the_code_and_reason() -> None:
     assert bare.aborts == 1
 
 
+WS = Origin("ws", "ann")
+
+
+def test_a_document_at_its_size_limit_refuses_client_updates_and_stays_whole() -> None:
+    sink = Sink()
+    room = Room(DOC_ID, sink, max_bytes=4000)
+    room.load(update_inserting("a" * 1000))  # the stored state counts from the start
+    for n in range(5):
+        room.apply_update(update_inserting(f"<{n}>" + "b" * 500), WS)
+    before, logged = text_of(room.doc), len(sink.calls)
+    with pytest.raises(RejectedFrame) as refused:
+        room.apply_update(update_inserting("c" * 500), WS)
+    assert (refused.value.code, refused.value.reason) == (1009, "document is over its size limit")
+    assert text_of(room.doc) == before and len(sink.calls) == logged
+    # Small edits still fit under the ceiling.
+    room.apply_update(update_inserting("d"), WS)
+    assert "d" in text_of(room.doc)
+
+
+def test_what_deletions_free_is_counted_once_the_ceiling_is_reached() -> None:
+    room = Room(DOC_ID, Sink(), max_bytes=3000)
+    client = Doc()
+    text = client.get("text", type=Text)
+    updates: list[bytes] = []
+    client.observe(lambda event: updates.append(event.update))
+    text.insert(0, "x" * 2000)
+    text.insert(0, "y" * 500)
+    del text[0:2500]  # a deletion is a small update, the counter only grows
+    for update in updates:
+        room.apply_update(update, WS)
+    assert text_of(room.doc) == ""
+    # 2,500+ bytes counted, far fewer stored: the room measures and takes the edit.
+    room.apply_update(update_inserting("z" * 600, room.doc.get_update()), WS)
+    assert text_of(room.doc) == "z" * 600
+
+
 def test_send_to_a_closing_transport_is_a_no_op() -> None:
     transport = FakeTransport()
     peer = Peer(transport)

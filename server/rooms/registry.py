@@ -30,10 +30,13 @@ class Registry:
     down the room stays in memory and the unload is retried.
     """
 
-    def __init__(self, store: Store, writer: Writer, *, grace: float = 10.0) -> None:
+    def __init__(
+        self, store: Store, writer: Writer, *, grace: float = 10.0, max_document_bytes: int = 0
+    ) -> None:
         self.store = store
         self.writer = writer
         self.grace = grace
+        self.max_document_bytes = max_document_bytes
         self.rooms: dict[str, Room] = {}
         self._loads: dict[str, asyncio.Task[Room]] = {}
         self._refs: dict[str, int] = defaultdict(int)
@@ -79,7 +82,7 @@ class Registry:
         started = time.perf_counter()
         try:
             stored = await self.store.load(doc_id)
-            room = Room(doc_id, self.writer.add)
+            room = Room(doc_id, self.writer.add, max_bytes=self.max_document_bytes)
             room.deleted = stored.deleted
 
             def decode() -> None:

@@ -67,8 +67,14 @@ class Room:
     update, a server-side edit, or any use of `doc`. A room that is only read never builds it.
     """
 
-    def __init__(self, doc_id: str, sink: UpdateSink) -> None:
+    def __init__(self, doc_id: str, sink: UpdateSink, *, max_bytes: int = 0) -> None:
         self.doc_id = doc_id
+        # A ceiling on the document's encoded size (0: none). `_size` is an upper bound of
+        # it: the stored state plus every effective update since, deletions not subtracted;
+        # only when it passes the ceiling is the real size measured.
+        self.max_bytes = max_bytes
+        self._size = 0
+        self._size_measured = False  # `_size` is the real size: nothing changed since
         self._doc: Doc[Any] = Doc()
         # In join order: the fan-out then writes to the sockets in the order they were
         # opened, which costs the kernel (and a client process holding many of them)
@@ -106,6 +112,7 @@ class Room:
         if state:
             self._cold_vector = bytes(get_state(state)) if state_vector is None else state_vector
             self._cold = state
+            self._size = len(state)
 
     @property
     def cold(self) -> bool:
@@ -155,6 +162,12 @@ class Room:
                 self.warm()
             except LoadFailed as exc:
                 raise RejectedFrame(1011, "document could not be loaded") from exc
+        if self.max_bytes and self._size + len(update) > self.max_bytes:
+            if not self._size_measured:  # what deletions freed counts again
+                self._size = len(self._doc.get_update())
+                self._size_measured = True
+            if self._size + len(update) > self.max_bytes:
+                raise RejectedFrame(1009, "document is over its size limit")
         self._effective = None
         try:
             self._integrate(update)
@@ -212,6 +225,8 @@ class Room:
                 self._propagate(effective, origin, None)
 
     def _propagate(self, effective: bytes, origin: Origin, sender: Peer | None) -> None:
+        self._size += len(effective)
+        self._size_measured = False
         self.broadcast(frame_binary(encode_update(effective)), sender)
         self._sink(self.doc_id, effective, origin)
         TALLY.updates_applied += 1
