@@ -12,7 +12,7 @@ import contextlib
 import random
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -158,6 +158,36 @@ class Editors:
         tb.insert(0, probe_b)
         await wait_until(lambda: probe_a in text_of(self.b.doc), what=f"{label}: a -> b")
         await wait_until(lambda: probe_b in text_of(self.a.doc), what=f"{label}: b -> a")
+
+
+@contextlib.asynccontextmanager
+async def two_editors(server: ServerProcess) -> AsyncIterator[Editors]:
+    """Two healthy clients in ROOM, editing in the background until the block ends."""
+    async with SyncClient(server.ws_url, ROOM) as a, SyncClient(server.ws_url, ROOM) as b:
+        await a.wait_synced()
+        await b.wait_synced()
+        editors = Editors(a, b)
+        editors.start()
+        try:
+            yield editors
+        finally:
+            await editors.stop()
+
+
+async def send_until_closed(url: str, frames: Iterable[bytes]) -> tuple[int | None, str]:
+    """Join the room, send `frames` (as far as the server lets), wait for the close."""
+    async with raw(url) as ws:
+        await greeting(ws)
+        with contextlib.suppress(ConnectionClosed):
+            for frame in frames:
+                await ws.send(frame)
+        return await closed_by_server(ws)
+
+
+def big_edits(count: int, size: int) -> Iterator[bytes]:
+    """Valid updates, each inserting a marker `[bigN]` and `size` more characters."""
+    for n in range(count):
+        yield encode_update(update_inserting(f"[big{n}]" + "x" * size))
 
 
 @dataclass
@@ -312,40 +342,24 @@ async def test_floods_close_only_their_connection(make_server: ServerFactory) ->
     )
     url = f"{server.ws_url}/{ROOM}"
     query = bytes((MSG_QUERY_AWARENESS,))
-    async with SyncClient(server.ws_url, ROOM) as a, SyncClient(server.ws_url, ROOM) as b:
-        await a.wait_synced()
-        await b.wait_synced()
-        editors = Editors(a, b)
-        editors.start()
-
+    async with two_editors(server) as editors:
         # A burst of 400 messages (ten seconds' worth is 500) is fine, and so is its edit.
         async with raw(url) as ws:
             await greeting(ws)
             for _ in range(400):
                 await ws.send(query)
             await ws.send(encode_update(update_inserting("[burst]")))
-            await wait_until(lambda: "[burst]" in text_of(a.doc), what="burst edit at a")
+            await wait_until(lambda: "[burst]" in text_of(editors.a.doc), what="burst edit")
             assert ws.close_code is None
 
         # Messages without end: closed once the allowance runs out.
-        async with raw(url) as ws:
-            await greeting(ws)
-            with contextlib.suppress(ConnectionClosed):
-                for _ in range(5000):
-                    await ws.send(query)
-            flood = await closed_by_server(ws)
+        flood = await send_until_closed(url, [query] * 5000)
         await editors.check_sync("message-flood")
 
         # Big valid edits without end: 100 KB each against 100,000 bytes a second.
-        async with raw(url) as ws:
-            await greeting(ws)
-            with contextlib.suppress(ConnectionClosed):
-                for n in range(40):
-                    await ws.send(encode_update(update_inserting(f"[big{n}]" + "x" * 100_000)))
-            byte_flood = await closed_by_server(ws)
+        byte_flood = await send_until_closed(url, big_edits(40, 100_000))
         await editors.check_sync("byte-flood")
         await assert_alive(server)
-        await editors.stop()
 
     assert flood == (1008, "too many messages: at most 50 a second")
     assert byte_flood == (1008, "too much data: at most 100000 bytes a second")
@@ -357,20 +371,10 @@ async def test_a_document_over_its_size_limit_refuses_only_the_growing_client(
 ) -> None:
     server = await make_server(None, TANDEM_MAX_DOCUMENT_BYTES="50000")
     url = f"{server.ws_url}/{ROOM}"
-    async with SyncClient(server.ws_url, ROOM) as a, SyncClient(server.ws_url, ROOM) as b:
-        await a.wait_synced()
-        await b.wait_synced()
-        editors = Editors(a, b)
-        editors.start()
-        async with raw(url) as ws:
-            await greeting(ws)
-            with contextlib.suppress(ConnectionClosed):
-                for n in range(20):
-                    await ws.send(encode_update(update_inserting(f"[big{n}]" + "x" * 10_000)))
-            closed = await closed_by_server(ws)
+    async with two_editors(server) as editors:
+        closed = await send_until_closed(url, big_edits(20, 10_000))
         await editors.check_sync("after-the-ceiling")  # small edits still fit
-        await editors.stop()
-        grown = text_of(a.doc)
+        grown = text_of(editors.a.doc)
     assert closed == (1009, "document is over its size limit")
     assert "[big0]" in grown and "[big19]" not in grown
     await assert_alive(server)
