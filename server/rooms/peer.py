@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,19 +27,22 @@ class Transport(Protocol):
 class Peer:
     """A connected client as a room sees it: a transport to write frames to, and an identity.
 
-    Writes never block: they go to the transport's buffer. The room's fan-out calls `write`
-    directly, and while the client keeps up that is the transport's own bound method, with
-    no per-write bookkeeping. When the transport reports its buffer over its high-water mark
-    (`backed_up(True)`, from `pause_writing`), `write` checks the buffer after each frame, and
-    a peer whose buffer passes `buffer_limit` is dropped: it is not reading. Its Yjs client
-    reconnects and resyncs, which loses nothing, and the room never waits for it.
+    Writes never block. The room's fan-out writes to `fd`, a descriptor of the peer's socket,
+    while the transport has nothing buffered (see fanout.py), and calls `write` otherwise;
+    while the client keeps up that is the transport's own bound method. When the transport
+    reports a backlog (`backed_up(True)`, from `pause_writing`), `write` checks the buffer
+    after each frame, and a peer whose buffer passes `buffer_limit` is dropped: it is not
+    reading. Its Yjs client reconnects and resyncs, which loses nothing, and the room never
+    waits for it.
     """
 
     __slots__ = (
+        "backlogged",
         "buffer_limit",
         "client_ids",
         "close",
         "closed",
+        "fd",
         "id",
         "origin",
         "read_only",
@@ -53,10 +57,15 @@ class Peer:
         user: str | None = None,
         read_only: bool = False,
         buffer_limit: int = 32 * 1024 * 1024,
+        fd: int | None = None,
     ) -> None:
         self.id = next(_ids)
         self.transport = transport
         self.write: Callable[[bytes], None] = transport.write
+        # A duplicate of the socket's descriptor, owned by the peer (closed by `release`),
+        # so that it can never name another connection's socket; None: transport only.
+        self.fd = fd
+        self.backlogged = False
         self.origin = Origin("ws", user)
         self.read_only = read_only
         self.buffer_limit = buffer_limit
@@ -69,7 +78,29 @@ class Peer:
 
     def backed_up(self, yes: bool) -> None:
         """The transport's buffer went over its high-water mark (or back under it)."""
+        self.backlogged = yes
         self.write = self._write_checked if yes else self.transport.write
+
+    def write_rest(self, data: bytes) -> None:
+        """What a direct write left over: to the transport, which sends it before anything
+        written later."""
+        try:
+            self.write(data)
+        except RuntimeError:
+            pass  # its transport closed a moment ago
+
+    def lost(self, error: OSError) -> None:
+        """A direct write found the connection broken: cut it, as the transport would."""
+        if not self.closed:
+            self.closed = True
+            log.info("peer %s lost: %s", self.id, error.strerror or error)
+            self.transport.abort()
+
+    def release(self) -> None:
+        """Close the descriptor; the room no longer writes to this peer."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _write_checked(self, frame: bytes) -> None:
         if self.closed:

@@ -13,6 +13,7 @@ from server import metrics
 from server.metrics import TALLY
 from server.origin import Origin
 from server.rooms.awareness import Awareness
+from server.rooms.fanout import Fanout
 from server.rooms.peer import Peer
 from server.rooms.wire import frame_binary
 from shared.protocol import (
@@ -39,6 +40,8 @@ _NOT_CRDT_ERRORS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, Gener
 # sync step 2. Applying it would change nothing, and in a cold room it would force a warm-up.
 EMPTY_UPDATE = b"\x00\x00"
 EMPTY_STATE_VECTOR = b"\x00"
+# Senders whose "everyone but me" is kept: a room usually has one or two active writers.
+_SENDERS_KEPT = 4
 
 
 class LoadFailed(Exception):
@@ -80,9 +83,11 @@ class Room:
         # opened, which costs the kernel (and a client process holding many of them)
         # measurably less than hash order.
         self.peers: dict[Peer, None] = {}
-        # The peers' write methods, rebuilt after a join or a leave: the broadcast loop does
-        # nothing per peer but call one of them.
-        self._fanout: tuple[Callable[[bytes], None], ...] | None = None
+        # Who a broadcast goes to, split once (see fanout.py) and kept until a peer joins,
+        # leaves or changes between direct and buffered writes: everyone, and everyone but
+        # each of the last few senders.
+        self._everyone: Fanout | None = None
+        self._all_but: dict[Peer, Fanout] | None = None
         self.awareness = Awareness()
         self._sink = sink
         self._effective: bytes | None = None
@@ -233,36 +238,42 @@ class Room:
 
     def broadcast(self, frame: bytes, exclude: Peer | None = None) -> None:
         """Write the same frame bytes to every peer but `exclude`; never waits."""
-        fanout = self._fanout
+        fanout = self._fanout(exclude)
+        fanout.send(frame)
+        if fanout.size:
+            TALLY.frames_out += fanout.size
+            TALLY.bytes_out += fanout.size * len(frame)
+
+    def _fanout(self, exclude: Peer | None) -> Fanout:
+        if exclude is None:
+            if self._everyone is None:
+                self._everyone = Fanout(self.peers)
+            return self._everyone
+        if self._all_but is None:
+            self._all_but = {}
+        fanout = self._all_but.get(exclude)
         if fanout is None:
-            fanout = self._fanout = tuple(peer.write for peer in self.peers if not peer.closed)
-        skip = exclude.write if exclude is not None else None
-        for write in fanout:
-            if write is not skip:
-                try:
-                    write(frame)
-                except RuntimeError:
-                    pass  # its transport closed a moment ago; its session is leaving the room
-        sent = len(fanout) - (skip is not None)
-        if sent > 0:
-            TALLY.frames_out += sent
-            TALLY.bytes_out += sent * len(frame)
+            if len(self._all_but) >= _SENDERS_KEPT:
+                self._all_but.clear()
+            fanout = Fanout(peer for peer in self.peers if peer is not exclude)
+            self._all_but[exclude] = fanout
+        return fanout
+
+    def rewired(self) -> None:
+        """Who gets a broadcast, or how, changed: split the peers anew on the next one."""
+        self._everyone = self._all_but = None
 
     # -- connections -----------------------------------------------------------------------
 
     def join(self, peer: Peer) -> None:
         """Add `peer` and greet it: our state vector (sync step 1) and everyone's presence."""
         self.peers[peer] = None
-        self._fanout = None
+        self.rewired()
         greeting = frame_binary(encode_sync_step1(self.state_vector()))
         presence = self.awareness.snapshot()
         if presence is not None:
             greeting += frame_binary(encode_awareness(presence))
         peer.send(greeting)
-
-    def rewired(self) -> None:
-        """A peer's `write` changed (see Peer.backed_up): rebuild the fan-out."""
-        self._fanout = None
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every peer's connection with `code` and `reason` (e.g. the document was
@@ -271,10 +282,14 @@ class Room:
             peer.close(code, reason)
 
     def leave(self, peer: Peer) -> None:
-        """Take `peer` out of the room (again: a no-op) and clear its presence for everyone."""
+        """Take `peer` out of the room (again: a no-op) and clear its presence for everyone.
+
+        Its socket descriptor is closed once no broadcast can name it any more.
+        """
         if peer in self.peers:
             del self.peers[peer]
-            self._fanout = None
+            self.rewired()
+        peer.release()
         gone = self.awareness.remove(peer)
         if gone is not None:
             self.broadcast(frame_binary(encode_awareness(gone)))

@@ -81,6 +81,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         user=principal.user,
         read_only=principal.read_only,
         buffer_limit=settings.send_buffer_bytes,
+        fd=wire.direct_fd(),
     )
     guard = FloodGuard(settings.max_messages_per_second, settings.max_bytes_per_second)
     started = time.monotonic()
@@ -142,6 +143,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
                 raise RejectedFrame(message["code"], message["reason"])
             elif kind == _CLOSE:
                 code, reason = message["code"], message["reason"]
+                room.leave(peer)  # nothing may follow the close frame
                 await close(code, reason)
                 break
             else:
@@ -152,6 +154,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         code, reason = exc.code, exc.reason
         metrics.REJECTED_FRAMES.labels(str(exc.code)).inc()
         log.warning("ws rejected frame doc=%s peer=%d: %d %s", doc_id, peer.id, code, reason)
+        room.leave(peer)
         await close(exc.code, exc.reason)
     finally:
         wire.handler = wire.on_backlog = wire.on_lost = None

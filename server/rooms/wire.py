@@ -1,16 +1,18 @@
 """Pre-framed writes to WebSocket peers.
 
 ASGI can only send a message, and the server then frames it per connection. A room sends the
-same update to every peer, so Tandem builds the RFC 6455 frame once and writes those bytes
-straight to each peer's transport. `WireProtocol` is uvicorn's sans-I/O WebSocket protocol with
-one addition: it exposes itself in the ASGI scope, so the endpoint can reach the transport.
-Writing around the library skips its flow control, so every write checks the transport's buffer
-and the caller disconnects a peer that stops reading.
+same update to every peer, so Tandem builds the RFC 6455 frame once and writes those bytes to
+each peer itself (fanout.py). `WireProtocol` is uvicorn's sans-I/O WebSocket protocol with a
+few additions: it exposes itself in the ASGI scope, so the endpoint can reach the connection;
+it hands binary frames to the session as they are parsed; it lends a descriptor of its socket
+for direct writes and reports its transport's backlog. Writing around the library skips its
+flow control, so the room watches the backlog and disconnects a peer that stops reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -157,6 +159,10 @@ class WireProtocol(WebSocketsSansIOProtocol):
                     return
         self._library_fed = True
         super().data_received(data)
+        if self.conn.state is not OPEN:
+            # A close frame came in (and the library answered it), or the library failed
+            # the connection: the room stops writing to it now, not after the session's turn.
+            self._lost()
 
     def _library_between_frames(self) -> bool:
         """Whether the library's parser waits for the first byte of a frame.
@@ -223,10 +229,35 @@ class WireProtocol(WebSocketsSansIOProtocol):
             self.on_backlog(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+        super().connection_lost(exc)
+
+    def _lost(self) -> None:
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost()
-        super().connection_lost(exc)
+
+    def direct_fd(self) -> int | None:
+        """A descriptor of this connection's socket for the room's direct writes, or None
+        where there is none to be had. From now on the transport writes through: with a
+        high-water mark of 0 it sends at once, and reports `pause_writing` as soon as it has
+        to keep a byte, so that no direct write can overtake what it holds (fanout.py).
+
+        The descriptor is a duplicate, closed by its owner: while it is open, the number
+        cannot be given to another connection, whatever the transport does with its own.
+        """
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            fd = os.dup(sock.fileno())
+        except (OSError, ValueError):  # out of descriptors, or the socket closed already
+            return None
+        if os.get_blocking(fd):  # never the case for an event loop's socket; never block it
+            os.close(fd)
+            return None
+        self.transport.set_write_buffer_limits(high=0)
+        return fd
 
     def release_handshake(self) -> None:
         """Drop the opening handshake's request, response and the scope's copy of its headers
