@@ -79,23 +79,27 @@ def direct_peer(ours: socket.socket) -> tuple[Peer, Transport]:
     return Peer(transport, fd=os.dup(ours.fileno())), transport
 
 
+@pytest.mark.parametrize("healthy_after", [1, 8], ids=["few: a loop", "many: map"])
 def test_write_all_reports_each_socket_in_order_and_goes_on_after_errors(
-    pairs: list[tuple[socket.socket, socket.socket]],
+    pairs: list[tuple[socket.socket, socket.socket]], healthy_after: int
 ) -> None:
     ok1, peer1 = pair(pairs)
     full, _ = pair(pairs)
     broken, gone = pair(pairs)
-    ok2, peer2 = pair(pairs)
+    after = [pair(pairs) for _ in range(healthy_after)]
     fill(full)
     gone.close()
     frame = b"\x82\x03abc"
+    fds = (ok1.fileno(), full.fileno(), broken.fileno(), *(ours.fileno() for ours, _ in after))
 
-    written = write_all((ok1.fileno(), full.fileno(), broken.fileno(), ok2.fileno()), frame)
+    written = write_all(fds, frame)
 
-    assert written[0] == len(frame) and written[3] == len(frame)
+    assert len(written) == len(fds)
+    assert written[0] == len(frame) and written[3:] == [len(frame)] * healthy_after
     assert isinstance(written[1], BlockingIOError)
     assert isinstance(written[2], BrokenPipeError)
-    assert drain(peer1) == frame and drain(peer2) == frame
+    assert drain(peer1) == frame
+    assert all(drain(theirs) == frame for _, theirs in after)
 
 
 def test_fanout_writes_to_sockets_and_hands_the_rest_to_transports(

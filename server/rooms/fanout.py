@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from server.rooms.peer import Peer
 
 
+# Up to this many descriptors, `write_all` loops in Python (see there).
+_FEW = 4
+
+
 class Fanout:
     """The peers of one broadcast, split once per change of membership or backlog."""
 
@@ -79,8 +83,16 @@ def write_all(fds: tuple[int, ...], frame: bytes) -> list[int | OSError]:
 
     `map` drives the calls from C. An error ends a `map`, so the iterator is shared and a new
     `map` goes on after the descriptor that failed; `list.extend` keeps what came before.
+    For a few descriptors (a small room) a plain loop costs less than setting that up.
     """
     written: list[int | OSError] = []
+    if len(fds) <= _FEW:
+        for fd in fds:
+            try:
+                written.append(os.write(fd, frame))
+            except OSError as exc:
+                written.append(exc)
+        return written
     remaining = iter(fds)
     while True:
         try:
