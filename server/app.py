@@ -73,6 +73,7 @@ async def _running(
         writer,
         grace=settings.room_grace_seconds,
         max_document_bytes=settings.max_document_bytes,
+        presence_interval=settings.presence_interval_ms / 1000,
     )
     blobs = FileBlobStore(settings.blob_dir)
     swept = await asyncio.to_thread(blobs.sweep_stale_uploads)

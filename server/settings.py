@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # that keeps sending faster is disconnected with 1008. 0: no limit.
     max_messages_per_second: float = 200.0
     max_bytes_per_second: float = 8 * 1024 * 1024
+    # At most one presence (awareness) relay per room per this many ms; the changes in
+    # between go out together, each client's newest. 0: relay each change at once.
+    presence_interval_ms: float = 50.0
     # Bytes queued for one client before it counts as not reading and is disconnected.
     send_buffer_bytes: int = 32 * 1024 * 1024
     # Seconds a room stays loaded after its last client leaves.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -535,6 +536,47 @@ def test_awareness_is_relayed_to_everyone_including_the_sender(fx: Fixture) -> N
     fx.room.receive(fx.peers[2], encode_query_awareness())
     assert fx.transports[0].writes == [] and fx.transports[1].writes == []
     assert relayed(fx.transports[2]) == expected
+
+
+async def test_presence_changes_within_an_interval_go_out_together_each_clients_newest() -> None:
+    fx = Fixture(peers=2)
+    fx.room.presence_interval = 0.05
+    ann, bob = fx.peers
+
+    fx.room.receive(ann, awareness_frame((11, 1, '{"x":1}')))  # the first goes out at once
+    for x in range(2, 6):
+        fx.room.receive(ann, awareness_frame((11, x, f'{{"x":{x}}}')))
+    fx.room.receive(bob, awareness_frame((22, 1, '{"x":9}')))
+    at_once = [relayed(t) for t in fx.transports]
+    await asyncio.sleep(0.08)
+
+    assert at_once == [[[AwarenessEntry(11, 1, '{"x":1}')]]] * 2
+    together = [AwarenessEntry(11, 5, '{"x":5}'), AwarenessEntry(22, 1, '{"x":9}')]
+    assert [relayed(t)[1:] for t in fx.transports] == [[together]] * 2
+    assert fx.room.awareness.snapshot() == encode_awareness_update(together)
+
+    await asyncio.sleep(0.06)
+    fx.clear()  # a change an interval after the last relay goes out at once again
+    fx.room.receive(bob, awareness_frame((22, 2, '{"x":10}')))
+    assert relayed(fx.transports[0]) == [[AwarenessEntry(22, 2, '{"x":10}')]]
+
+
+async def test_a_leave_sends_what_waits_and_the_leaving_clients_null_at_once() -> None:
+    fx = Fixture(peers=2)
+    fx.room.presence_interval = 10.0  # nothing would go out by itself in this test
+    ann, bob = fx.peers
+    fx.room.receive(ann, awareness_frame((11, 1, '{"x":1}')))
+    fx.room.receive(bob, awareness_frame((22, 1, '{"x":2}')))
+    fx.room.receive(ann, awareness_frame((11, 2, '{"x":3}')))
+    fx.clear()
+
+    fx.room.leave(ann)
+
+    assert relayed(fx.transports[1]) == [
+        [AwarenessEntry(22, 1, '{"x":2}'), AwarenessEntry(11, 3, "null")]
+    ]
+    await asyncio.sleep(0)
+    assert len(relayed(fx.transports[1])) == 1
 
 
 def test_awareness_cannot_overwrite_or_null_another_peers_client(fx: Fixture) -> None:

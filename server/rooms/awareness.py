@@ -28,8 +28,9 @@ class Awareness:
         self.states: dict[int, tuple[int, str]] = {}
         self.owners: dict[int, Peer] = {}
 
-    def apply(self, payload: bytes, peer: Peer) -> bytes | None:
-        """Apply an update from `peer`; return the payload to relay (None: nothing to relay)."""
+    def apply(self, payload: bytes, peer: Peer) -> tuple[list[AwarenessEntry], bytes] | None:
+        """Apply an update from `peer`; return the entries to relay and the payload that
+        carries them (None: nothing to relay)."""
         entries = decode_awareness_update(payload)
         # Checked before anything changes: a rejected frame must leave no state behind.
         new_ids = {e.client_id for e in entries if e.client_id not in self.owners}
@@ -50,10 +51,10 @@ class Awareness:
                 self.states[entry.client_id] = (entry.clock, entry.state)
         if not kept:
             return None
-        return payload if len(kept) == len(entries) else encode_awareness_update(kept)
+        return kept, payload if len(kept) == len(entries) else encode_awareness_update(kept)
 
-    def remove(self, peer: Peer) -> bytes | None:
-        """Forget `peer`'s clients; return the update that tells everyone they left."""
+    def remove(self, peer: Peer) -> list[AwarenessEntry]:
+        """Forget `peer`'s clients; return the entries that tell everyone they left."""
         gone = []
         for client_id in peer.client_ids:
             if self.owners.get(client_id) is peer:
@@ -61,7 +62,7 @@ class Awareness:
                 clock = self.states.pop(client_id, (0, ""))[0]
                 gone.append(AwarenessEntry(client_id, clock + 1, "null"))
         peer.client_ids.clear()
-        return encode_awareness_update(gone) if gone else None
+        return gone
 
     def snapshot(self) -> bytes | None:
         """All known states, for a client that joins or asks."""

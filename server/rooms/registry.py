@@ -31,12 +31,19 @@ class Registry:
     """
 
     def __init__(
-        self, store: Store, writer: Writer, *, grace: float = 10.0, max_document_bytes: int = 0
+        self,
+        store: Store,
+        writer: Writer,
+        *,
+        grace: float = 10.0,
+        max_document_bytes: int = 0,
+        presence_interval: float = 0.0,
     ) -> None:
         self.store = store
         self.writer = writer
         self.grace = grace
         self.max_document_bytes = max_document_bytes
+        self.presence_interval = presence_interval
         self.rooms: dict[str, Room] = {}
         self._loads: dict[str, asyncio.Task[Room]] = {}
         self._refs: dict[str, int] = defaultdict(int)
@@ -82,7 +89,12 @@ class Registry:
         started = time.perf_counter()
         try:
             stored = await self.store.load(doc_id)
-            room = Room(doc_id, self.writer.add, max_bytes=self.max_document_bytes)
+            room = Room(
+                doc_id,
+                self.writer.add,
+                max_bytes=self.max_document_bytes,
+                presence_interval=self.presence_interval,
+            )
             room.deleted = stored.deleted
 
             def decode() -> None:

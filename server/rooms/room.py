@@ -21,9 +21,11 @@ from shared.protocol import (
     MSG_QUERY_AWARENESS,
     MSG_SYNC,
     SYNC_STEP1,
+    AwarenessEntry,
     ProtocolError,
     decode_message,
     encode_awareness,
+    encode_awareness_update,
     encode_sync_step1,
     encode_sync_step2,
     encode_update,
@@ -70,8 +72,15 @@ class Room:
     update, a server-side edit, or any use of `doc`. A room that is only read never builds it.
     """
 
-    def __init__(self, doc_id: str, sink: UpdateSink, *, max_bytes: int = 0) -> None:
+    def __init__(
+        self, doc_id: str, sink: UpdateSink, *, max_bytes: int = 0, presence_interval: float = 0
+    ) -> None:
         self.doc_id = doc_id
+        # Seconds between two presence relays (0: relay each change at once; needs a
+        # running event loop otherwise). Changes in between wait in `_presence_pending`.
+        self.presence_interval = presence_interval
+        self._presence_pending: dict[int, AwarenessEntry] | None = None
+        self._presence_sent = -float("inf")  # the loop's time of the last relay
         # A ceiling on the document's encoded size (0: none). `_size` is an upper bound of
         # it: the stored state plus every effective update since, deletions not subtracted;
         # only when it passes the ceiling is the real size measured.
@@ -291,8 +300,47 @@ class Room:
             self.rewired()
         peer.release()
         gone = self.awareness.remove(peer)
-        if gone is not None:
-            self.broadcast(frame_binary(encode_awareness(gone)))
+        if gone:
+            self._relay_presence(gone, None, at_once=True)
+
+    def _relay_presence(
+        self, entries: list[AwarenessEntry], payload: bytes | None, *, at_once: bool = False
+    ) -> None:
+        """Relay presence changes to every peer, at most one frame per `presence_interval`.
+
+        Echoed to the sender as well: y-websocket reconnects after 30 s without a message,
+        and its 15 s awareness renewal is what keeps a lone client alive. A change that comes
+        an interval or more after the last relay goes out at once; later ones wait for the
+        end of the interval and go out together, the newest entry of each client only, so a
+        cursor that moves a hundred times a second costs its room's peers a frame per
+        interval. `payload`: `entries` encoded already, if the caller has them so.
+        """
+        pending = self._presence_pending
+        if pending is not None:  # a relay is due at the end of this interval: join it
+            for entry in entries:
+                pending[entry.client_id] = entry
+            if at_once:
+                self._flush_presence()
+            return
+        interval = self.presence_interval
+        if interval > 0 and not at_once:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if now - self._presence_sent < interval:
+                self._presence_pending = {entry.client_id: entry for entry in entries}
+                loop.call_at(self._presence_sent + interval, self._flush_presence)
+                return
+            self._presence_sent = now
+        if payload is None:
+            payload = encode_awareness_update(entries)
+        self.broadcast(frame_binary(encode_awareness(payload)))
+
+    def _flush_presence(self) -> None:
+        pending, self._presence_pending = self._presence_pending, None
+        if pending:  # None: flushed early, by a leave
+            self._presence_sent = asyncio.get_running_loop().time()
+            entries = list(pending.values())
+            self.broadcast(frame_binary(encode_awareness(encode_awareness_update(entries))))
 
     def receive(self, peer: Peer, data: bytes) -> None:
         """Handle one binary frame from `peer`. Raises RejectedFrame for bad input."""
@@ -314,9 +362,7 @@ class Room:
             except ProtocolError as exc:
                 raise RejectedFrame(1002, f"malformed awareness: {exc}") from exc
             if relay is not None:
-                # Echoed to the sender as well: y-websocket reconnects after 30 s without a
-                # message, and its 15 s awareness renewal is what keeps a lone client alive.
-                self.broadcast(frame_binary(encode_awareness(relay)))
+                self._relay_presence(*relay)
         elif kind == MSG_QUERY_AWARENESS:
             presence = self.awareness.snapshot()
             if presence is not None:
