@@ -74,9 +74,22 @@ def drain(sock: socket.socket) -> bytes:
         out += data
 
 
+_direct_peers: list[Peer] = []
+
+
+@pytest.fixture(autouse=True)
+def release_direct_peers() -> Iterator[None]:
+    """Close every descriptor a test's peers still hold (release is idempotent)."""
+    yield
+    while _direct_peers:
+        _direct_peers.pop().release()
+
+
 def direct_peer(ours: socket.socket) -> tuple[Peer, Transport]:
     transport = Transport()
-    return Peer(transport, fd=os.dup(ours.fileno())), transport
+    peer = Peer(transport, fd=os.dup(ours.fileno()))
+    _direct_peers.append(peer)
+    return peer, transport
 
 
 @pytest.mark.parametrize("healthy_after", [1, 8], ids=["few: a loop", "many: map"])
@@ -124,8 +137,6 @@ def test_fanout_writes_to_sockets_and_hands_the_rest_to_transports(
     assert tb.written == [frame]
     assert drain(theirs_c) == b"" and tc.written == [frame]
     assert buffered.transport.written == [frame]  # type: ignore[attr-defined]
-    for peer in (a, b, c):
-        peer.release()
 
 
 def test_a_frame_the_socket_took_in_part_continues_in_the_transport(
@@ -140,7 +151,6 @@ def test_a_frame_the_socket_took_in_part_continues_in_the_transport(
     took = drain(theirs)
     assert 0 < len(took) < len(frame)
     assert took + b"".join(transport.written) == frame
-    peer.release()
 
 
 def test_a_broken_connection_is_cut_and_the_others_still_get_the_frame(
@@ -156,8 +166,6 @@ def test_a_broken_connection_is_cut_and_the_others_still_get_the_frame(
 
     assert a.closed and ta.aborted
     assert drain(theirs_b) == b"\x82\x01x"
-    for peer in (a, b):
-        peer.release()
 
 
 def test_closed_peers_are_left_out_and_release_closes_the_descriptor_once(
