@@ -32,7 +32,7 @@ class Writer:
         self,
         store: Store,
         *,
-        delay: float = 0.02,
+        delay: float = 0.25,
         max_batch: int = 5000,
         compact_after_updates: int = 500,
         compact_after_bytes: int = 4 * 1024 * 1024,
