@@ -299,6 +299,29 @@ def test_update_broadcasts_the_same_bytes_to_everyone_but_the_sender(fx: Fixture
     assert tb.messages() == [Message(MSG_SYNC, SYNC_UPDATE, effective)]
 
 
+def test_updates_on_either_side_of_the_short_header_are_applied_and_relayed_whole() -> None:
+    # Updates under 128 bytes take receive's fast path, the rest the general decoder.
+    sizes = set()
+    for length in range(90, 150):
+        fx = Fixture(peers=2)
+        update = update_inserting("x" * length)
+        sizes.add(len(update) < 128)
+        fx.room.receive(fx.peers[0], encode_update(update))
+        assert text_of(fx.room.doc) == "x" * length
+        [(_, effective, _)] = fx.sink.calls
+        assert fx.transports[1].messages() == [Message(MSG_SYNC, SYNC_UPDATE, effective)]
+    assert sizes == {True, False}
+
+
+def test_a_short_update_whose_length_byte_lies_is_rejected_with_1002(fx: Fixture) -> None:
+    frame = encode_update(update_inserting("hello"))
+    for bad in (frame[:2] + bytes((frame[2] + 1,)) + frame[3:], frame[:-1]):
+        with pytest.raises(RejectedFrame) as info:
+            fx.room.receive(fx.peers[0], bad)
+        assert info.value.code == 1002
+    assert text_of(fx.room.doc) == "" and fx.sink.calls == []
+
+
 def test_effective_update_excludes_what_the_room_already_had(fx: Fixture) -> None:
     a, b, _ = fx.peers
     first = update_inserting("hello ")

@@ -22,7 +22,7 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from client.sync import SyncClient
-from server.rooms.wire import Flag, Inbox, WireProtocol
+from server.rooms.wire import Flag, Inbox, WireProtocol, frame_binary, update_frame
 from shared.protocol import encode_update
 
 
@@ -270,3 +270,10 @@ async def test_a_reader_that_stops_reading_is_cut_off_and_the_room_goes_on(
                     pass
         stalled.close()
     assert "send buffer over limit" in server.log()
+
+
+def test_the_one_step_update_frame_is_the_general_one_at_every_size() -> None:
+    # Around the edges: the frame's 7-bit length (125), the varuint's one byte (127), 16 bits.
+    for size in [*range(300), 65_531, 65_533, 70_000]:
+        update = bytes(i % 251 for i in range(size))
+        assert update_frame(update) == frame_binary(encode_update(update)), size

@@ -46,9 +46,16 @@ class FloodGuard:
         """Count one message of `size` bytes. Raises Flooding when over the allowance."""
         now = time.monotonic()
         elapsed, self._last = now - self._last, now
-        self._messages = min(self._messages + elapsed * self._message_rate, self._message_cap) - 1
-        self._bytes = min(self._bytes + elapsed * self._byte_rate, self._byte_cap) - size
-        if self._messages < 0:
+        # Refill, up to the cap, then take (comparisons: this runs for every frame).
+        messages = self._messages + elapsed * self._message_rate
+        if messages > self._message_cap:
+            messages = self._message_cap
+        self._messages = messages = messages - 1
+        size_left = self._bytes + elapsed * self._byte_rate
+        if size_left > self._byte_cap:
+            size_left = self._byte_cap
+        self._bytes = size_left - size
+        if messages < 0:
             raise Flooding(f"too many messages: at most {self._message_rate:g} a second")
         if self._bytes < 0:
             raise Flooding(f"too much data: at most {self._byte_rate:g} bytes a second")

@@ -21,6 +21,8 @@ from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
 
+from shared.protocol import MSG_SYNC, SYNC_UPDATE, encode_update
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # a build of websockets without its C extension
@@ -39,6 +41,14 @@ def frame_binary(payload: bytes) -> bytes:
     if n < 65536:
         return bytes((0x82, 126)) + n.to_bytes(2, "big") + payload
     return bytes((0x82, 127)) + n.to_bytes(8, "big") + payload
+
+
+def update_frame(update: bytes) -> bytes:
+    """`frame_binary(encode_update(update))`, with the headers of a small update in one step."""
+    n = len(update)
+    if n < 123:  # one byte of varuint length, and the payload (n + 3) under 126 bytes
+        return bytes((0x82, n + 3, MSG_SYNC, SYNC_UPDATE, n)) + update
+    return frame_binary(encode_update(update))
 
 
 class Inbox:
