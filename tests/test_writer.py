@@ -86,6 +86,27 @@ async def test_a_lone_update_is_committed_at_once_a_stream_waits_for_the_window(
         task.cancel()
 
 
+async def test_a_burst_of_full_batches_is_committed_without_waiting_a_window_each() -> None:
+    store = MemoryStore()
+    w = Writer(store, delay=1, max_batch=10)
+    task = asyncio.create_task(w.run())
+    try:
+        await asyncio.sleep(0)  # the commit loop waits for work
+        updates = small_updates(35)
+        w.add("plan", updates[0], WS)  # alone: committed at once
+        for update in updates[1:]:
+            w.add("plan", update, WS)
+        # 34 queued: three full batches go at once, only the last 4 wait for the window.
+        await asyncio.sleep(0.2)
+        assert w.pending("plan") == 4
+        await w.flush("plan", timeout=10)
+        assert text_of((await store.load("plan")).merged()) == "".join(
+            f"{i % 10}" for i in range(35)
+        )
+    finally:
+        task.cancel()
+
+
 async def test_a_lone_update_the_store_cannot_take_now_is_queued_and_committed() -> None:
     store = MemoryStore()
     store.fail_appends = True  # down when the update comes: `add` queues it

@@ -144,9 +144,13 @@ class Writer:
         """
         while True:
             await self._wake.wait()
-            alone = len(self._queue) == 1 and self._gap >= self.delay
-            # Even alone, yield once: the frame that queued the update finishes first.
-            await asyncio.sleep(0 if alone else self.delay)
+            queued = len(self._queue)
+            alone = queued == 1 and self._gap >= self.delay
+            # A full batch waits for nothing: under a burst, batches follow each other as
+            # fast as they commit, not one per window. Even alone, yield once: the frame that
+            # queued the update finishes first.
+            full = queued >= self.max_batch
+            await asyncio.sleep(0 if alone or full else self.delay)
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
             if not self._queue:
