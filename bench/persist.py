@@ -4,7 +4,7 @@ Drives the real write path (server.persistence.writer.Writer over SqlStore) with
 realistic pycrdt updates (keystrokes and the odd deletion, from three authors per document),
 on SQLite and on PostgreSQL, and prints one table:
 
-* group commit: the server's defaults (20 ms commit window, up to 5000 updates a transaction,
+* group commit: the server's defaults (250 ms commit window, up to 5000 updates a transaction,
   updates of one document and author merged into one row);
 * per-update: commit delay 0 and max_batch=1, one transaction per update, for comparison.
 
@@ -14,7 +14,7 @@ returns, i.e. when every update is committed. Compaction is not triggered (no ro
 Run it from the repository root:
 
     .venv/bin/python bench/persist.py
-    .venv/bin/python bench/persist.py --updates 20000 --docs 50 --baseline-updates 2000
+    .venv/bin/python bench/persist.py --updates 100000 --docs 50 --baseline-updates 2000
     .venv/bin/python bench/persist.py --skip-postgres
 
 --postgres-url names a server and a database to connect to; a scratch database is created
@@ -331,7 +331,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--skip-postgres", action="store_true")
-    parser.add_argument("--updates", type=int, default=20_000)
+    # Enough that the burst outlasts the first commit window by far.
+    parser.add_argument("--updates", type=int, default=100_000)
     parser.add_argument("--docs", type=int, default=50)
     parser.add_argument(
         "--baseline-updates",
