@@ -231,13 +231,16 @@ class Writer:
             self._maybe_compact(doc_id)  # rows that arrived meanwhile may be over the bar
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Commit everything queued, then wait for running compactions."""
+        """Commit everything queued, then wait for compactions, those that a finishing
+        compaction starts (rows that came in while it ran) included."""
         try:
             await self.flush(timeout=timeout)
         except TimeoutError:
             log.error("shutdown: %d updates could not be committed", len(self._queue))
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
 
 
 def coalesce(batch: list[UpdateRecord]) -> list[UpdateRecord]:
