@@ -107,6 +107,27 @@ async def test_a_burst_of_full_batches_is_committed_without_waiting_a_window_eac
         task.cancel()
 
 
+async def test_flush_ends_the_commit_window_early() -> None:
+    store = MemoryStore()
+    w = Writer(store, delay=30)
+    task = asyncio.create_task(w.run())
+    try:
+        first, *stream = small_updates(4)
+        w.add("plan", first, WS)  # alone: committed at once
+        for update in stream:
+            w.add("plan", update, WS)  # a stream: waits in a 30 s window
+        await asyncio.sleep(0.05)
+        assert w.pending("plan") == 3
+        await w.flush("plan", timeout=2)  # does not wait the window out
+        assert text_of((await store.load("plan")).merged()) == "0123"
+        # The loop goes on: the next stream waits in a window of its own again.
+        w.add("plan", small_updates(5)[4], WS)
+        await asyncio.sleep(0.05)
+        assert w.pending("plan") == 1
+    finally:
+        task.cancel()
+
+
 async def test_a_lone_update_the_store_cannot_take_now_is_queued_and_committed() -> None:
     store = MemoryStore()
     store.fail_appends = True  # down when the update comes: `add` queues it

@@ -61,6 +61,8 @@ class Writer:
         self._last_add = -float("inf")
         self._gap = float("inf")
         self._committed = asyncio.Condition()
+        # Resolved when the commit window ends: by its timer, or early by `flush`.
+        self._window: asyncio.Future[None] | None = None
         # Rows and bytes stored per document since its last snapshot: the compaction trigger.
         self._backlog: dict[str, list[int]] = {}
         self._compacting: set[str] = set()
@@ -129,6 +131,9 @@ class Writer:
         """Wait until the updates of `doc_id` (or all) queued so far are committed; updates
         queued after the call do not hold it up, so a busy document does not delay it."""
         target = self._queued if doc_id is None else self._newest.get(doc_id, 0)
+        window = self._window
+        if self._stored < target and window is not None and not window.done():
+            window.set_result(None)  # someone waits for this batch: end its window now
         async with asyncio.timeout(timeout), self._committed:
             await self._committed.wait_for(lambda: self._stored >= target)
 
@@ -150,12 +155,26 @@ class Writer:
             # fast as they commit, not one per window. Even alone, yield once: the frame that
             # queued the update finishes first.
             full = queued >= self.max_batch
-            await asyncio.sleep(0 if alone or full else self.delay)
+            if alone or full:
+                await asyncio.sleep(0)
+            else:
+                await self._gather()
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
             if not self._queue:
                 self._wake.clear()
             await self._commit(batch)
+
+    async def _gather(self) -> None:
+        """Wait out the commit window (what `asyncio.sleep` does), unless `flush` ends it."""
+        loop = asyncio.get_running_loop()
+        self._window = window = loop.create_future()
+        timer = loop.call_later(self.delay, _end, window)
+        try:
+            await window
+        finally:
+            timer.cancel()
+            self._window = None
 
     async def _commit(self, batch: list[UpdateRecord]) -> None:
         # merge_updates releases the GIL and grows faster than linearly: big batches are
@@ -241,6 +260,11 @@ class Writer:
         deadline = loop.time() + timeout
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
+
+
+def _end(window: asyncio.Future[None]) -> None:
+    if not window.done():
+        window.set_result(None)
 
 
 def coalesce(batch: list[UpdateRecord]) -> list[UpdateRecord]:
