@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -39,6 +41,16 @@ def text_of(state: bytes) -> str:
     return str(doc.get("text", type=Text))
 
 
+@contextlib.asynccontextmanager
+async def committing(writer: Writer) -> AsyncIterator[Writer]:
+    """The writer with its commit loop running, stopped on the way out."""
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        task.cancel()
+
+
 @pytest.fixture
 async def writer() -> Any:
     store = MemoryStore()
@@ -66,8 +78,7 @@ async def test_group_commit_merges_a_burst_into_few_rows(writer: Writer) -> None
 async def test_a_lone_update_is_committed_at_once_a_stream_waits_for_the_window() -> None:
     store = MemoryStore()
     w = Writer(store, delay=0.5)
-    task = asyncio.create_task(w.run())
-    try:
+    async with committing(w):
         first, *stream = small_updates(6)
         w.add("plan", first, WS)
         # Alone after a quiet spell: committed by `add` itself, not half a second on.
@@ -82,15 +93,12 @@ async def test_a_lone_update_is_committed_at_once_a_stream_waits_for_the_window(
         await w.flush("plan", timeout=2)
         assert len(store.rows["plan"]) == 2
         assert text_of((await store.load("plan")).merged()) == "012345"
-    finally:
-        task.cancel()
 
 
 async def test_a_burst_of_full_batches_is_committed_without_waiting_a_window_each() -> None:
     store = MemoryStore()
     w = Writer(store, delay=1, max_batch=10)
-    task = asyncio.create_task(w.run())
-    try:
+    async with committing(w):
         await asyncio.sleep(0)  # the commit loop waits for work
         updates = small_updates(35)
         w.add("plan", updates[0], WS)  # alone: committed at once
@@ -103,15 +111,12 @@ async def test_a_burst_of_full_batches_is_committed_without_waiting_a_window_eac
         assert text_of((await store.load("plan")).merged()) == "".join(
             f"{i % 10}" for i in range(35)
         )
-    finally:
-        task.cancel()
 
 
 async def test_flush_ends_the_commit_window_early() -> None:
     store = MemoryStore()
     w = Writer(store, delay=30)
-    task = asyncio.create_task(w.run())
-    try:
+    async with committing(w):
         first, *stream = small_updates(4)
         w.add("plan", first, WS)  # alone: committed at once
         for update in stream:
@@ -124,24 +129,19 @@ async def test_flush_ends_the_commit_window_early() -> None:
         w.add("plan", small_updates(5)[4], WS)
         await asyncio.sleep(0.05)
         assert w.pending("plan") == 1
-    finally:
-        task.cancel()
 
 
 async def test_a_lone_update_the_store_cannot_take_now_is_queued_and_committed() -> None:
     store = MemoryStore()
     store.fail_appends = True  # down when the update comes: `add` queues it
     w = Writer(store, delay=0.5)
-    task = asyncio.create_task(w.run())
-    try:
+    async with committing(w):
         (only,) = small_updates(1)
         w.add("plan", only, WS)
         assert w.pending("plan") == 1 and "plan" not in store.rows
         store.fail_appends = False
         await w.flush("plan", timeout=5)
         assert text_of((await store.load("plan")).merged()) == "0"
-    finally:
-        task.cancel()
 
 
 async def test_updates_that_do_not_merge_are_stored_apart(writer: Writer) -> None:
