@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as _ssl
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -44,12 +45,17 @@ class SyncClient:
         *,
         token: str | None = None,
         reconnect: bool = True,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
+        """`server_url` is ws://HOST:PORT/ws or wss://…; for wss, `ssl` is the context that
+        verifies the server (e.g. one trusting a private CA), the system's default if None."""
         self.url = f"{server_url.rstrip('/')}/{quote(doc_id)}"
         if token:
             self.url += f"?token={quote(token)}"
         self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.reconnect = reconnect
+        # Passed to `connect` only when given: an explicit None would turn TLS off for wss.
+        self._connect_options: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
         self.synced = asyncio.Event()
         self.connected = asyncio.Event()
         self.close_code: int | None = None
@@ -102,7 +108,9 @@ class SyncClient:
         delay = 0.1
         while not self._stopped:
             try:
-                async with connect(self.url, max_size=None, compression=None) as ws:
+                async with connect(
+                    self.url, max_size=None, compression=None, **self._connect_options
+                ) as ws:
                     delay = 0.1
                     await self._session(ws)
             except (OSError, ConnectionClosed, TimeoutError) as exc:

@@ -23,6 +23,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--database-url", help="SQLAlchemy async URL (TANDEM_DATABASE_URL)")
     serve.add_argument("--log-level", help="debug, info, warning (TANDEM_LOG_LEVEL)")
     serve.add_argument(
+        "--ssl-certfile",
+        metavar="FILE",
+        help="TLS certificate chain, PEM; with --ssl-keyfile: https and wss (TANDEM_SSL_CERTFILE)",
+    )
+    serve.add_argument(
+        "--ssl-keyfile", metavar="FILE", help="its private key, PEM (TANDEM_SSL_KEYFILE)"
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        help="event loop: auto is uvloop when installed (TANDEM_LOOP, default auto)",
+    )
+    serve.add_argument(
         "--demo",
         action="store_true",
         default=None,
@@ -77,22 +90,39 @@ def _settings(args: argparse.Namespace) -> object:
 
     overrides = {
         key: value
-        for key in ("host", "port", "database_url", "log_level", "demo")
+        for key in (
+            "host",
+            "port",
+            "database_url",
+            "log_level",
+            "demo",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "loop",
+        )
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server.settings import Settings
+    from server.tls import TLSConfigError, check_tls_files
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    try:
+        tls = check_tls_files(settings.ssl_certfile, settings.ssl_keyfile)
+    except TLSConfigError as exc:
+        print(f"tandem serve: {exc}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from server import logs
     from server.app import create_app
     from server.rooms.wire import WireProtocol
-    from server.settings import Settings
 
-    settings = _settings(args)
-    assert isinstance(settings, Settings)
     logs.configure(settings.log_level)
     config = uvicorn.Config(
         create_app(settings),
@@ -105,6 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        loop=settings.loop,
+        ssl_certfile=settings.ssl_certfile if tls else None,
+        ssl_keyfile=settings.ssl_keyfile if tls else None,
     )
     server = _quiet_server(config)
     logs.install_redaction()
@@ -132,6 +165,7 @@ def _quiet_server(config: Any) -> Any:
         async def main_loop(self) -> None:
             self._loop = asyncio.get_running_loop()
             self._exit = asyncio.Event()
+            _log_serving(self.config, self._loop)
             counter = 0
             # `on_tick` refreshes the Date header when counter % 10 == 0 (its 0.1 s steps).
             while not await self.on_tick(counter):
@@ -147,6 +181,25 @@ def _quiet_server(config: Any) -> Any:
                     loop.call_soon_threadsafe(event.set)
 
     return QuietServer(config)
+
+
+def _log_serving(config: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Say where the server answers, with the scheme TLS gives it, and on which event loop
+    (the running one's: `auto` picks uvloop only when it is installed)."""
+    import logging
+
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    secure = "s" if config.is_ssl else ""
+    logging.getLogger("tandem").info(
+        "tandem serving http%s://%s:%d, WebSockets at ws%s://%s:%d/ws/{doc_id}; event loop %s",
+        secure,
+        host,
+        config.port,
+        secure,
+        host,
+        config.port,
+        type(loop).__module__.partition(".")[0],
+    )
 
 
 def _settle_heap() -> None:

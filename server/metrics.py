@@ -49,6 +49,13 @@ REGISTRY.register(_TallyCollector())
 ROOMS = Gauge("tandem_rooms", "Documents loaded in memory")
 CONNECTIONS = Gauge("tandem_connections", "Open WebSocket connections")
 CONNECTIONS_TOTAL = Counter("tandem_connections_opened", "WebSocket connections accepted")
+# How the room writes to each connection: `direct` (os.write on a duplicate of its socket) or
+# `transport` (the event loop's transport: under TLS, which encrypts, or without a socket).
+WRITE_PATH = Counter(
+    "tandem_ws_write_path", "WebSocket connections by the path of the room's writes", ["path"]
+)
+WRITE_DIRECT = WRITE_PATH.labels(path="direct")
+WRITE_TRANSPORT = WRITE_PATH.labels(path="transport")
 REJECTED_FRAMES = Counter("tandem_rejected_frames", "Frames that closed their connection", ["code"])
 READ_ONLY_WRITES_DROPPED = Counter(
     "tandem_read_only_writes_dropped", "Updates from read-only connections that were ignored"

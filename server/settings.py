@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +28,12 @@ class Settings(BaseSettings):
     # Signs access tokens. Unset: no sign-in, every connection is the local user.
     secret: str | None = None
     log_level: str = "info"
+    # TLS: both set, the server speaks https and wss only (a certificate chain and its key,
+    # PEM files); neither set, plain http and ws.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # The event loop: uvloop when it is installed (auto), or asyncio's own.
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     # The largest WebSocket message accepted; larger ones close the connection with 1009.
     # Keep it above the largest legitimate sync step 2 (a whole document).

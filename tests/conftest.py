@@ -8,9 +8,10 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -96,23 +97,42 @@ async def upgrade_schema(url: str) -> None:
 
 
 class ServerProcess:
-    """`tandem serve` in a subprocess on a free port, so tests can SIGKILL and restart it."""
+    """`tandem serve` in a subprocess on a free port, so tests can SIGKILL and restart it.
 
-    def __init__(self, database_url: str, workdir: Path, env: dict[str, str] | None = None):
+    `args` go after `serve`. With `ca_file` (the CA that signed its certificate) the server
+    is expected to speak TLS: the URLs are https and wss, and requests trust that CA.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        args: Sequence[str] = (),
+        ca_file: str | None = None,
+    ):
         self.database_url = database_url
         self.workdir = workdir
         self.port = free_port()
         self.env = env or {}
+        self.args = list(args)
+        self.ca_file = ca_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"server-{self.port}.log"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.ca_file else 'ws'}://127.0.0.1:{self.port}/ws"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this server."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     async def start(self, timeout: float = 30.0) -> None:
         env = {
@@ -125,7 +145,7 @@ class ServerProcess:
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
+            [sys.executable, "-m", "server", "serve", *self.args],
             cwd=self.workdir,
             env=env,
             stdout=log,
@@ -133,7 +153,7 @@ class ServerProcess:
         )
         log.close()
         deadline = asyncio.get_running_loop().time() + timeout
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=self.verify) as http:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited at start-up:\n{self.log()}")

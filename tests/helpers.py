@@ -44,8 +44,9 @@ def assert_error(response: httpx.Response, status: int, field: str | None = None
 
 
 async def metric(server: ServerProcess, name: str) -> float:
-    """The current value of one unlabelled Prometheus sample of the server."""
-    async with httpx.AsyncClient() as http:
+    """The current value of one Prometheus sample of the server: a name, or a name with its
+    labels as exported (`name{label="value"}`)."""
+    async with httpx.AsyncClient(verify=server.verify) as http:
         response = await http.get(f"{server.http_url}/metrics", timeout=5)
     response.raise_for_status()
     match = re.search(rf"^{re.escape(name)} (\S+)$", response.text, re.MULTILINE)

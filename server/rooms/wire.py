@@ -12,6 +12,7 @@ flow control, so the room watches the backlog and disconnects a peer that stops 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
 
+from server import metrics
 from shared.protocol import MSG_SYNC, SYNC_UPDATE, encode_update
 
 try:
@@ -29,6 +31,7 @@ except ImportError:  # a build of websockets without its C extension
     from websockets.utils import apply_mask
 
 SCOPE_KEY = "tandem.wire"
+_log = logging.getLogger("tandem.rooms")
 # The code of the generator websockets' frame parser waits in between frames.
 _AWAITING_FRAME = StreamReader.at_eof.__code__
 
@@ -255,18 +258,36 @@ class WireProtocol(WebSocketsSansIOProtocol):
 
         The descriptor is a duplicate, closed by its owner: while it is open, the number
         cannot be given to another connection, whatever the transport does with its own.
+
+        Under TLS there is none: the transport encrypts, and its "socket" is the TCP socket
+        under the TLS stream, where a frame written as it is would be plaintext amid the
+        records (the client fails with a TLS error and drops the connection). The check asks
+        the transport, not the scope's scheme: behind a TLS-terminating proxy that says so in
+        X-Forwarded-Proto, uvicorn gives the scope "wss" while this connection is plain.
+        Each call counts the connection on its path (`tandem_ws_write_path_total`).
         """
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return None
-        try:
-            fd = os.dup(sock.fileno())
-        except (OSError, ValueError):  # out of descriptors, or the socket closed already
-            return None
-        if os.get_blocking(fd):  # never the case for an event loop's socket; never block it
-            os.close(fd)
-            return None
-        self.transport.set_write_buffer_limits(high=0)
+        transport = self.transport
+        fd: int | None = None
+        sock = transport.get_extra_info("socket")
+        if transport.get_extra_info("ssl_object") is not None:
+            how = "through the transport (TLS)"
+        elif sock is None:
+            how = "through the transport (no socket)"
+        else:
+            try:
+                fd = os.dup(sock.fileno())
+            except (OSError, ValueError):  # out of descriptors, or the socket closed already
+                how = "through the transport (no descriptor)"
+            else:
+                if os.get_blocking(fd):  # never so for an event loop's socket; never block it
+                    os.close(fd)
+                    fd = None
+                    how = "through the transport (blocking socket)"
+                else:
+                    transport.set_write_buffer_limits(high=0)
+                    how = "directly to its socket"
+        (metrics.WRITE_TRANSPORT if fd is None else metrics.WRITE_DIRECT).inc()
+        _log.debug("ws client=%s:%s: the room writes %s", *(self.client or ("?", "?")), how)
         return fd
 
     def release_handshake(self) -> None:
