@@ -132,6 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.max_message_bytes,
         # Compression costs more CPU per frame than it saves on loopback and LANs.
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval_seconds or None,
+        ws_ping_timeout=settings.ping_interval_seconds or None,
         log_config=None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,

@@ -116,20 +116,23 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
             wire.handler = None
             wire.post({"type": _REJECTED, "code": 1011, "reason": "internal error"})
 
+    def backlog(backed_up: bool) -> None:
+        peer.backed_up(backed_up)
+        room.rewired()
+
+    def shut(code: int, reason: str) -> None:
+        wire.handler = None  # frames after this wait in the queue behind the close
+        wire.post({"type": _CLOSE, "code": code, "reason": reason})
+
     try:
-        room.join(peer)
-
-        def backlog(backed_up: bool) -> None:
-            peer.backed_up(backed_up)
-            room.rewired()
-
-        def shut(code: int, reason: str) -> None:
-            wire.handler = None  # frames after this wait in the queue behind the close
-            wire.post({"type": _CLOSE, "code": code, "reason": reason})
-
+        # Wired before the greeting's first byte: a greeting the socket takes only in part
+        # must mark the peer as backlogged, or direct writes would overtake its rest.
         peer.close = shut
         wire.on_backlog = backlog
         wire.on_lost = lambda: room.leave(peer)
+        if wire.backlogged():
+            peer.backed_up(True)  # the handshake's response is still in the transport
+        room.join(peer)
         wire.handler = deliver
         while True:
             message = await receive()

@@ -34,6 +34,10 @@ SCOPE_KEY = "tandem.wire"
 _log = logging.getLogger("tandem.rooms")
 # The code of the generator websockets' frame parser waits in between frames.
 _AWAITING_FRAME = StreamReader.at_eof.__code__
+# After failing a connection, how long and how much to read and discard before closing it, so
+# that the client reads the close frame before the socket goes away (see _linger).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 128 * 1024 * 1024
 
 
 def frame_binary(payload: bytes) -> bytes:
@@ -139,6 +143,9 @@ class WireProtocol(WebSocketsSansIOProtocol):
     handler: Callable[[bytes], None] | None = None
     # Whether the last bytes received went to the library's parser (see data_received).
     _library_fed = True
+    # Bytes still to read and discard after failing the connection (see _linger); None
+    # while the connection is not lingering.
+    _linger_left: int | None = None
     # Set by the session once it has joined a room. `on_backlog(True)` when the transport's
     # buffer passes its high-water mark (64 KiB), `on_backlog(False)` when it has drained;
     # `on_lost` when the connection is lost, so the room stops writing to it at once.
@@ -153,6 +160,11 @@ class WireProtocol(WebSocketsSansIOProtocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left is not None:  # failed: the library discards what comes
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.close()
+                return
         # Complete, unfragmented, masked binary frames are unmasked here and handed to the
         # session directly; the library's frame parser, a Python generator, costs several
         # times as much per frame. Anything else (control frames, fragments, a frame split
@@ -240,6 +252,58 @@ class WireProtocol(WebSocketsSansIOProtocol):
         super().resume_writing()
         if self.on_backlog is not None:
             self.on_backlog(False)
+
+    # -- closing ---------------------------------------------------------------------------
+    # Whatever writes a close frame first takes the connection out of its room: the library
+    # on its own (server shutdown, an unanswered keep-alive ping, a frame it refuses), the
+    # session (which leaves the room before it sends its close), or the client's close,
+    # which the library answers (data_received). Nothing may follow a close frame.
+
+    def shutdown(self) -> None:
+        self._lost()
+        super().shutdown()
+
+    def keepalive_timeout(self) -> None:
+        self._lost()
+        super().keepalive_timeout()
+
+    def handle_parser_exception(self) -> None:
+        """The library refused a frame (too big, malformed) and failed the connection.
+
+        It would close the socket at once, while the client may still be sending: the kernel
+        then answers with a reset, and a client that has not read the close frame yet loses
+        it. As RFC 6455 (7.1.1) asks, send the close frame and FIN, then read and discard
+        until the client closes, for at most `LINGER_SECONDS` and `LINGER_BYTES`.
+        """
+        if self._linger_left is not None:
+            return  # failed already; the library discards what still comes
+        self._lost()
+        close = self.conn.close_sent
+        assert close is not None
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger()
+
+    def _linger(self) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        self._linger_left = LINGER_BYTES
+        # The client's FIN ends it sooner: the library's `eof_received` lets the transport
+        # close then.
+        self.close_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def backlogged(self) -> bool:
+        """Whether the transport holds bytes it has not written (it reported a pause)."""
+        return not self.writable.is_set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost()
