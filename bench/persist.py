@@ -16,6 +16,7 @@ Run it from the repository root:
     .venv/bin/python bench/persist.py
     .venv/bin/python bench/persist.py --updates 100000 --docs 50 --baseline-updates 2000
     .venv/bin/python bench/persist.py --skip-postgres
+    .venv/bin/python bench/persist.py --skip-postgres --sqlite-synchronous full
 
 --postgres-url names a server and a database to connect to; a scratch database is created
 beside it for the run and dropped afterwards. Each scenario gives up after --timeout seconds.
@@ -44,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.origin import Origin
 from server.persistence import migrate
 from server.persistence.sql import SqlStore, create_engine
+from server.persistence.sqlite import SqliteSynchronous
 from server.persistence.store import StoredDoc, UpdateRecord
 from server.persistence.tables import updates as updates_table
 from server.persistence.writer import Writer
@@ -149,7 +151,7 @@ class Result:
 
 
 async def reset(url: str) -> None:
-    engine = create_engine(url)
+    engine = create_engine(url)  # schema and deletes: the synchronous level does not matter
     try:
         await migrate.upgrade(engine)
         async with engine.begin() as conn:
@@ -193,9 +195,10 @@ async def run_scenario(
     mode: str,
     offered: int,
     timeout: float,
+    sqlite_synchronous: SqliteSynchronous,
 ) -> Result:
     await reset(url)
-    store = TimedStore(create_engine(url))
+    store = TimedStore(create_engine(url, sqlite_synchronous=sqlite_synchronous))
     never = {"compact_after_updates": 2**62, "compact_after_bytes": 2**62}
     if mode == "group commit":
         writer = Writer(store, **never)  # the server's defaults otherwise
@@ -253,7 +256,13 @@ async def run_backend(
             ("per-update", min(load.size, args.baseline_updates)),
         ):
             result = await run_scenario(
-                backend, url, load, mode=mode, offered=offered, timeout=args.timeout
+                backend,
+                url,
+                load,
+                mode=mode,
+                offered=offered,
+                timeout=args.timeout,
+                sqlite_synchronous=args.sqlite_synchronous,
             )
             results.append(result)
             print(
@@ -341,6 +350,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
         help="updates offered in the per-update runs (one transaction each), default 2000",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per scenario")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="SQLite's PRAGMA synchronous, as TANDEM_SQLITE_SYNCHRONOUS (default normal)",
+    )
     args = parser.parse_args(argv)
     if args.updates < 1 or args.docs < 1 or args.baseline_updates < 1:
         parser.error("--updates, --docs and --baseline-updates must be positive")
@@ -373,7 +388,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     print_table(results)
     print(
         f"\n(total {time.perf_counter() - started:.0f}s; per-update runs offer at most "
-        f"{args.baseline_updates} updates; updates/s counts updates offered, not rows)"
+        f"{args.baseline_updates} updates; updates/s counts updates offered, not rows; "
+        f"SQLite synchronous={args.sqlite_synchronous.upper()})"
     )
     return 0 if all(r.verified for r in results) else 1
 

@@ -55,7 +55,9 @@ async def _running(
         await migrate.upgrade(engine)
         store = MemoryStore()
     else:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(
+            settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
         if settings.is_sqlite:
             await migrate.ensure_current(engine)
         elif await migrate.current(engine) != migrate.head():

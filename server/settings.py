@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # row costs SQLite 5-7 µs, and a longer window merges more of a document's updates into
     # one row; a crash loses at most this much of what connected clients then send again.
     commit_delay_ms: float = 250.0
+    # How far SQLite syncs a commit. normal: a process crash loses nothing committed, a power
+    # cut or OS crash can lose the newest commits; full: an fsync per commit, so those survive
+    # too. Ignored on PostgreSQL.
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
     # Compaction writes a snapshot once a document has this many update rows or bytes.
     compact_after_updates: int = 500
     compact_after_bytes: int = 4 * 1024 * 1024
@@ -77,6 +81,12 @@ class Settings(BaseSettings):
         """`sqlite:///x.db` and libpq-style `postgres://…` URLs get the async driver."""
         scheme, sep, rest = url.partition("://")
         return f"{_DRIVERS[scheme]}{sep}{rest}" if sep and scheme in _DRIVERS else url
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        """`FULL` as SQLite writes it is accepted as well."""
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def in_memory(self) -> bool:

@@ -21,6 +21,12 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.persistence.sqlite import (
+    DEFAULT_SYNCHRONOUS,
+    SqliteSynchronous,
+    apply_pragmas,
+    synchronous_of,
+)
 from server.persistence.store import UpdateRecord
 
 log = logging.getLogger("tandem.persistence")
@@ -42,9 +48,11 @@ class Appender(Protocol):
     async def close(self) -> None: ...
 
 
-def appender_for(engine: AsyncEngine) -> Appender:
+def appender_for(
+    engine: AsyncEngine, sqlite_synchronous: SqliteSynchronous = DEFAULT_SYNCHRONOUS
+) -> Appender:
     if engine.dialect.name == "sqlite":
-        return SqliteAppender(make_url(engine.url).database or ":memory:")
+        return SqliteAppender(make_url(engine.url).database or ":memory:", sqlite_synchronous)
     if engine.dialect.name == "postgresql":
         return PostgresAppender(engine)
     raise ValueError(f"unsupported database {engine.dialect.name}")
@@ -75,8 +83,10 @@ class SqliteAppender:
     while a checkpoint runs.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: SqliteSynchronous = DEFAULT_SYNCHRONOUS) -> None:
         self.path = path
+        self.synchronous = synchronous
+        self._reported = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-append")
         self._inline: sqlite3.Connection | None = None
         self._conn: sqlite3.Connection | None = None
@@ -86,13 +96,17 @@ class SqliteAppender:
     def _open(self, timeout: float) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            apply_pragmas(conn, self.synchronous)
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            level = synchronous_of(conn)
         except BaseException:
             conn.close()
             raise
+        if not self._reported:
+            # Read back from the connection: what an operator needs to know about durability.
+            self._reported = True
+            name = {1: "NORMAL", 2: "FULL"}.get(level, str(level))
+            log.info("SQLite update log %s: synchronous=%s", self.path, name)
         return conn
 
     def _connection(self) -> sqlite3.Connection:

@@ -7,12 +7,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import delete, event, insert, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from server.persistence.append import appender_for
+from server.persistence.sqlite import (
+    DEFAULT_SYNCHRONOUS,
+    SYNCHRONOUS_LEVELS,
+    SqliteSynchronous,
+    apply_pragmas,
+)
 from server.persistence.store import CompactionConflict, StoredDoc, UpdateRecord
 from server.persistence.tables import documents, snapshots, updates
 
@@ -26,28 +33,40 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; for SQLite the file's folder is created and WAL mode is switched on."""
+# The synchronous level each SQLite engine was made with, so that a SqlStore built on the
+# engine opens its update-log connections with the same one.
+_SYNCHRONOUS: WeakKeyDictionary[Engine, SqliteSynchronous] = WeakKeyDictionary()
+
+
+def create_engine(
+    url: str, *, sqlite_synchronous: SqliteSynchronous = DEFAULT_SYNCHRONOUS
+) -> AsyncEngine:
+    """An async engine; for SQLite the file's folder is created, WAL mode is switched on and
+    commits are synced as `sqlite_synchronous` says (server/persistence/sqlite.py)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if sqlite_synchronous not in SYNCHRONOUS_LEVELS:
+            raise ValueError(f"unknown SQLite synchronous level {sqlite_synchronous!r}")
         database = parsed.database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+
+        def pragmas(dbapi_connection: Any, _record: Any) -> None:
+            apply_pragmas(dbapi_connection, sqlite_synchronous)
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        event.listen(engine.sync_engine, "connect", pragmas)
+        _SYNCHRONOUS[engine.sync_engine] = sqlite_synchronous
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the writer; NORMAL keeps every commit across an
-    # application crash (only a power cut can roll back the newest commits).
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def sqlite_synchronous(engine: AsyncEngine) -> SqliteSynchronous:
+    """The synchronous level `engine` was created with (the default for other engines)."""
+    return _SYNCHRONOUS.get(engine.sync_engine, DEFAULT_SYNCHRONOUS)
 
 
 class SqlStore:
@@ -55,7 +74,7 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._appender = appender_for(engine)
+        self._appender = appender_for(engine, sqlite_synchronous(engine))
         # When each document row was last created or touched by `append`: its updated_at is
         # refreshed at most every TOUCH_SECONDS, so a busy document costs one row per commit.
         self._touched: dict[str, float] = {}
