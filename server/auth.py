@@ -2,6 +2,10 @@
 
 A token is `base64url(json claims) "." base64url(HMAC-SHA256(secret, claims))`. Without a
 configured secret there is no sign-in: every caller is the local user with full access.
+
+A token arrives as whatever text a client sent, so verification is total: any string that is
+not an authentic, well-formed, unexpired token is an `AuthError` with code 4401, never another
+exception (which would become an internal error instead of a refusal).
 """
 
 from __future__ import annotations
@@ -10,10 +14,16 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
+from typing import TypeGuard
 
 LOCAL_USER = "local"
+# Far above any token `issue_token` makes; a longer one is refused before it is hashed.
+MAX_TOKEN_CHARS = 8192
+# Unpadded base64url, the only alphabet of both parts of a token.
+_PART = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class AuthError(Exception):
@@ -63,20 +73,58 @@ def issue_token(
 
 
 def verify_token(secret: str, token: str) -> Principal:
+    """The principal `token` names; `AuthError` 4401 for any other string."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _invalid()
     body, _, signature = token.partition(".")
-    if not body or not signature or not hmac.compare_digest(signature, _sign(secret, body)):
-        raise AuthError(4401, "invalid token")
+    # Only the token alphabet goes on: the HMAC and compare_digest take ASCII only.
+    if not _PART.fullmatch(body) or not _PART.fullmatch(signature):
+        raise _invalid()
+    if not hmac.compare_digest(signature, _sign(secret, body)):
+        raise _invalid()
     try:
         claims = json.loads(_unb64(body))
-    except ValueError as exc:
-        raise AuthError(4401, "invalid token") from exc
-    if not isinstance(claims, dict) or not isinstance(claims.get("u"), str):
-        raise AuthError(4401, "invalid token")
+    # binascii.Error and UnicodeDecodeError are ValueErrors; deep nesting hits the recursion
+    # limit. Only the secret's holder can sign such a body, but it is still not a token.
+    except (ValueError, RecursionError):
+        raise _invalid() from None
+    return _principal(claims)
+
+
+def _principal(claims: object) -> Principal:
+    """The claims of an authentic token, each of the type `issue_token` writes, or 4401."""
+    if not isinstance(claims, dict):
+        raise _invalid()
+    user: object = claims.get("u")
+    doc: object = claims.get("d")
+    read_only = claims.get("ro", False)
     exp = claims.get("exp")
-    if isinstance(exp, int) and exp < time.time():
+    # "d" is absent (every document) or names one; "d": null is not something we write.
+    if not _is_text(user) or not ((doc is None and "d" not in claims) or _is_text(doc)):
+        raise _invalid()
+    if not isinstance(read_only, bool):
+        raise _invalid()
+    # bool is an int subclass, and a float or string expiry would otherwise never expire.
+    if "exp" in claims and type(exp) is not int:
+        raise _invalid()
+    if exp is not None and exp < time.time():
         raise AuthError(4401, "token expired")
-    doc = claims.get("d")
-    return Principal(claims["u"], doc if isinstance(doc, str) else None, bool(claims.get("ro")))
+    return Principal(user, doc, read_only)
+
+
+def _is_text(value: object) -> TypeGuard[str]:
+    """A str that can be logged and stored: no lone surrogates (JSON allows "\\ud800")."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _invalid() -> AuthError:
+    return AuthError(4401, "invalid token")
 
 
 def authenticate(secret: str | None, token: str | None) -> Principal:

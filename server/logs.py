@@ -6,10 +6,19 @@ import logging
 import re
 
 _TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s\"']+")
+# A log argument holds a path on its own, so its token runs to the next parameter: a junk
+# token's raw quote or tab must not end the redaction and log the rest of it.
+_TOKEN_IN_ARG = re.compile(r"((?:^|[?&])token=)[^&\r\n]+")
 
 
 def redact(text: str) -> str:
+    """Token values in a formatted message, where quotes may surround the path."""
     return _TOKEN.sub(r"\1[redacted]", text)
+
+
+def redact_arg(text: str) -> str:
+    """Token values in one argument of a log call."""
+    return _TOKEN_IN_ARG.sub(r"\1[redacted]", text)
 
 
 class RedactTokens(logging.Filter):
@@ -17,7 +26,7 @@ class RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(redact_arg(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         return True
