@@ -123,9 +123,11 @@ class TimedStore(SqlStore):
         self.commit_seconds: list[float] = []
         self.rows = 0
 
-    async def append(self, records: Sequence[UpdateRecord]) -> None:
+    async def append(
+        self, records: Sequence[UpdateRecord], *, key: int | None = None, again: bool = False
+    ) -> None:
         started = time.perf_counter()
-        await super().append(records)
+        await super().append(records, key=key, again=again)
         self.commit_seconds.append(time.perf_counter() - started)
         self.rows += len(records)
 

@@ -69,6 +69,7 @@ async def _running(
         delay=settings.commit_delay_ms / 1000,
         compact_after_updates=settings.compact_after_updates,
         compact_after_bytes=settings.compact_after_bytes,
+        max_pending_bytes=settings.max_pending_bytes,
     )
     registry = Registry(
         store,
@@ -103,7 +104,7 @@ async def _running(
             await commit_loop
         await store.close()
         await engine.dispose()
-        log.info("tandem stopped; every update committed: %s", writer.pending() == 0)
+        log.info("tandem stopped; every update committed: %s", writer.uncommitted() == 0)
 
 
 async def healthz(request: Request) -> Response:
@@ -111,18 +112,26 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """200 while edits are being stored; 503 when the database does not answer within 2 s or
+    the writer cannot store (commits fail or stall, or its queue is at its bound)."""
+    writer: Writer = request.state.writer
     try:
         await asyncio.wait_for(request.state.store.ping(), timeout=2.0)
+        database = "ok"
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "database": str(exc)[:200]}, 503)
-    writer: Writer = request.state.writer
+        database = (str(exc) or type(exc).__name__)[:200]
+    persistence = writer.state()
+    ready = database == "ok" and persistence == "ok"
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "ok" if ready else "unavailable",
+            "database": database,
+            "persistence": persistence,
+            "pending_updates": writer.uncommitted(),
+            "pending_bytes": writer.pending_bytes(),
             "rooms": len(request.state.registry.rooms),
-            "pending_updates": writer.pending(),
-            "persistence": "ok" if writer.healthy else "retrying",
-        }
+        },
+        200 if ready else 503,
     )
 
 

@@ -71,4 +71,7 @@ PERSIST_BATCH_UPDATES = Histogram(
 PERSIST_SECONDS = Histogram("tandem_persist_seconds", "Time to commit one batch of updates")
 PERSIST_FAILURES = Counter("tandem_persist_failures", "Group commits that failed and were retried")
 PERSIST_PENDING = Gauge("tandem_persist_pending", "Updates waiting to be committed")
+PERSIST_PENDING_BYTES = Gauge(
+    "tandem_persist_pending_bytes", "Bytes of the updates waiting to be committed"
+)
 COMPACTIONS = Counter("tandem_compactions", "Snapshots written by compaction")

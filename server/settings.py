@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # Compaction writes a snapshot once a document has this many update rows or bytes.
     compact_after_updates: int = 500
     compact_after_bytes: int = 4 * 1024 * 1024
+    # Memory the updates waiting to be stored may take (while the database is down they
+    # queue up); past it new client updates are refused with 1013 and REST edits with 503,
+    # and nothing already taken is dropped. 0: no limit.
+    max_pending_bytes: int = 64 * 1024 * 1024
 
     # Uploaded files: content-addressed blobs under this folder, at most this many bytes each.
     blob_dir: str = "./data/blobs"

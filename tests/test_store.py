@@ -113,6 +113,18 @@ async def test_append_then_load_round_trips(store: Store) -> None:
     assert view(doc_from(stored.merged())) == expected
 
 
+async def test_an_append_retried_with_its_key_is_stored_once(store: Store) -> None:
+    """A retry (`again`) of a commit whose answer was lost writes nothing if that commit's
+    rows are stored; a retry of one that did not commit writes them."""
+    first = [record("plan", b"a"), record("other", b"b")]
+    await store.append(first, key=41)
+    await store.append(first, key=41, again=True)  # the first attempt had committed
+    await store.append([record("plan", b"c")], key=42, again=True)  # nothing with 42 yet
+    await store.append([record("plan", b"d")], key=41)  # not a retry: always written
+    assert (await store.load("plan")).updates == [b"a", b"c", b"d"]
+    assert (await store.load("other")).updates == [b"b"]
+
+
 async def test_append_now_commits_all_or_nothing(store: Store) -> None:
     done = store.append_now([record("plan", b"a"), record("other", b"b")])
     # Memory and SQLite commit on the spot; PostgreSQL only talks asynchronously.

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.api import state
+from server.api import state, storage
 from server.api.caller import reader, writer
 from server.api.errors import ApiError, not_found, parse_body, parse_query
 from server.api.fields import (
@@ -45,7 +45,6 @@ from shared.documents import Kind, initialize
 log = logging.getLogger("tandem.api")
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_FLUSH_TIMEOUT = 10.0
 
 
 class DocCreate(BaseModel):
@@ -126,17 +125,16 @@ async def _fresh_id(conn: AsyncConnection) -> str:
 
 
 async def _flush(request: Request, doc_id: str) -> None:
-    """Answer once the edit is committed, so an acknowledged change is a stored one."""
-    try:
-        await state.registry(request).writer.flush(doc_id, timeout=_FLUSH_TIMEOUT)
-    except TimeoutError:
-        log.warning("%s: edit not committed yet; the writer keeps retrying", doc_id)
+    """Answer once the edit is committed, so an acknowledged change is a stored one (503 if
+    it is not in time)."""
+    await storage.stored(request, doc_id)
 
 
 async def create_doc(request: Request) -> Response:
     """Create a board, document or discussion: its metadata row and its initial content."""
     user = writer(request).user
     body = await parse_body(request, DocCreate)
+    storage.require_storage(request)  # its initial content is an edit
     engine = state.engine(request)
     try:
         async with engine.begin() as conn:

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.api import state
+from server.api import state, storage
 from server.api.caller import reader, writer
 from server.api.docs import require_document
 from server.api.errors import ApiError, not_found, parse, parse_body
@@ -45,6 +45,7 @@ from server.api.fields import Department, Notes, TagList, Title
 from server.export import read_model
 from server.origin import Origin
 from server.persistence import workspace
+from server.persistence.availability import unreachable
 from server.rooms.registry import LoadFailed
 from server.rooms.room import RejectedFrame, Room
 from shared import board, discussion, richtext
@@ -61,7 +62,6 @@ log = logging.getLogger("tandem.api")
 
 T = TypeVar("T")
 
-_FLUSH_TIMEOUT = 10.0
 MAX_TEXT_BYTES = 4 * 1024 * 1024
 MAX_SUBTASKS = 200
 MAX_WATCHERS = 200
@@ -292,9 +292,11 @@ def _require_kind(row: Any, room: Room, expected: Kind) -> None:
         raise ApiError(409, f"document {row.id} is {what}, not a {expected}")
 
 
-def _edit(room: Room, user: str, change: Callable[[Doc[Any]], T]) -> T:
+def _edit(request: Request, room: Room, user: str, change: Callable[[Doc[Any]], T]) -> T:
     """`change` as one server-side edit by `user`. Changes check what they need before they
-    write, so a refusal (ApiError) leaves the document untouched."""
+    write, so a refusal (ApiError) leaves the document untouched; so does a database that
+    cannot store the edit now (503)."""
+    storage.require_storage(request)
     try:
         return room.edit(Origin("rest", user), change)
     except KeyError as exc:
@@ -304,13 +306,17 @@ def _edit(room: Room, user: str, change: Callable[[Doc[Any]], T]) -> T:
 
 
 async def _saved(request: Request, doc_id: str, user: str) -> None:
-    """Record the author on the document's row; answer once the edit is committed."""
-    async with state.engine(request).begin() as conn:
-        await workspace.touch_document(conn, doc_id, updated_by=user)
+    """Answer once the edit is committed (503 if it is not in time), and record the author on
+    the document's row."""
+    await storage.stored(request, doc_id)
     try:
-        await state.registry(request).writer.flush(doc_id, timeout=_FLUSH_TIMEOUT)
-    except TimeoutError:
-        log.warning("%s: edit not committed yet; the writer keeps retrying", doc_id)
+        async with state.engine(request).begin() as conn:
+            await workspace.touch_document(conn, doc_id, updated_by=user)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        # The edit is stored; only who changed the document last is not recorded.
+        log.warning("%s: the edit is stored, its author not recorded: %s", doc_id, exc)
 
 
 def _tasks(doc: Doc[Any]) -> Map[Any]:
@@ -405,7 +411,7 @@ async def create_task(request: Request) -> Response:
 
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "board")
-        task_id = _edit(room, user, add)
+        task_id = _edit(request, room, user, add)
         task = _task_json(room.doc, task_id)
     await _saved(request, doc_id, user)
     location = f"/api/docs/{quote(doc_id, safe='')}/tasks/{quote(task_id, safe='')}"
@@ -446,7 +452,7 @@ async def update_task(request: Request) -> Response:
 
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "board")
-        _edit(room, user, change)
+        _edit(request, room, user, change)
         task = _task_json(room.doc, task_id)
     if changes:
         await _saved(request, doc_id, user)
@@ -466,7 +472,7 @@ async def complete_task(request: Request) -> Response:
 
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "board")
-        _edit(room, user, complete)
+        _edit(request, room, user, complete)
         task = _task_json(room.doc, task_id)
     await _saved(request, doc_id, user)
     return JSONResponse(task)
@@ -486,7 +492,7 @@ async def delete_task(request: Request) -> Response:
 
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "board")
-        _edit(room, user, delete)
+        _edit(request, room, user, delete)
     await _saved(request, doc_id, user)
     return Response(status_code=204)
 
@@ -508,7 +514,7 @@ async def add_subtask(request: Request) -> Response:
 
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "board")
-        _edit(room, user, add)
+        _edit(request, room, user, add)
         task = _task_json(room.doc, task_id)
     await _saved(request, doc_id, user)
     return JSONResponse(task, 201)
@@ -534,7 +540,7 @@ async def update_subtask(request: Request) -> Response:
 
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "board")
-        _edit(room, user, tick)
+        _edit(request, room, user, tick)
         task = _task_json(room.doc, task_id)
     await _saved(request, doc_id, user)
     return JSONResponse(task)
@@ -572,7 +578,7 @@ async def post_message(request: Request) -> Response:
                     f"reply_to: {body.reply_to} is not a message of this discussion",
                     field="reply_to",
                 )
-        message_id = _edit(room, user, post)
+        message_id = _edit(request, room, user, post)
         posted = discussion.read_discussion(room.doc)[0].message(message_id)
     if posted is None:
         raise ApiError(409, f"message {message_id} cannot be read back")
@@ -620,7 +626,7 @@ async def put_text(request: Request) -> Response:
     row = await _document(request, doc_id)
     async with _room(request, doc_id) as room:
         _require_kind(row, room, "doc")
-        _edit(room, user, lambda doc: richtext.set_content(doc, blocks))
+        _edit(request, room, user, lambda doc: richtext.set_content(doc, blocks))
         content = _content_json(doc_id, "doc", room.doc)
     await _saved(request, doc_id, user)
     return JSONResponse(content)
@@ -696,6 +702,7 @@ async def apply_update(request: Request) -> Response:
         reason = await asyncio.to_thread(call_with_deep_stack, check)
         if reason is not None:
             raise ApiError(422, f"body: {reason}", field="body")
+        storage.require_storage(request)
         try:
             effective = room.apply_update(update, Origin("rest", user))
         except RejectedFrame as exc:

@@ -7,9 +7,12 @@ import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+
+from server.persistence.availability import unreachable
 
 log = logging.getLogger("tandem.api")
 
@@ -122,6 +125,22 @@ async def on_disconnect(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
+# 503 for a request that the database failed before it changed anything (and for edits refused
+# before they are applied, server/api/storage.py).
+NOTHING_CHANGED = "the database is unavailable; nothing was changed; try again later"
+RETRY_AFTER = {"Retry-After": "5"}
+
+
+async def on_database_error(request: Request, exc: Exception) -> Response:
+    """A database error: 503 when the database could not be reached or took no writes (the
+    transaction, if any, was not committed), otherwise a 500 like any other failure."""
+    if unreachable(exc):
+        log.info("%s %s: 503, database unreachable: %s", request.method, request.url.path, exc)
+        return error_response(503, NOTHING_CHANGED, headers=RETRY_AFTER)
+    log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+    return error_response(500, "internal error")
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     # The traceback is logged by the server once this handler has answered.
     log.error("%s %s failed: %r", request.method, request.url.path, exc)
@@ -132,5 +151,9 @@ HANDLERS = {
     ApiError: on_api_error,
     HTTPException: on_http_exception,
     ClientDisconnect: on_disconnect,
+    # Connections refused or reset (OSError), driver errors, pool timeouts.
+    OSError: on_database_error,
+    sa_exc.DBAPIError: on_database_error,
+    sa_exc.TimeoutError: on_database_error,
     Exception: on_unexpected,
 }

@@ -77,6 +77,8 @@ _ERRORS = {
     409: "conflicts with the current state",
     413: "the body is too large",
     422: "invalid input; `field` names the first problem",
+    503: "the database is unavailable (Retry-After): nothing was changed, or the message says "
+    "the change was applied to the live document and queued but is not stored yet",
 }
 
 
@@ -129,7 +131,7 @@ def _operation(
     responses: dict[str, Any] = {str(status): {"description": description}}
     if content is not None:
         responses[str(status)]["content"] = content
-    for code in errors:
+    for code in (*errors, 503):  # any request may find the database unavailable
         responses[str(code)] = {"description": _ERRORS[code], "content": _json(Error)}
     operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if query:

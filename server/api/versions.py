@@ -18,14 +18,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.api import state
+from server.api import state, storage
 from server.api.caller import reader, writer
 from server.api.docs import require_document
-from server.api.errors import ApiError, parse, parse_body
+from server.api.errors import RETRY_AFTER, ApiError, parse, parse_body
 from server.api.fields import Timestamp
 from server.export import CONTENT_TYPES, EXTENSIONS, export_document
 from server.export import html as html_export
 from server.persistence import versions
+from server.persistence.availability import unreachable
 from server.persistence.versions import RestoreFailed, VersionNotFound
 from server.rooms.registry import LoadFailed
 from shared.documents import JsonValue, Kind
@@ -127,6 +128,12 @@ def _doc_id(request: Request) -> str:
     return doc_id
 
 
+_RESTORE_UNKNOWN = (
+    "the database is unavailable; the restore may be applied to the live document without "
+    "being saved as a version; check the document before trying again"
+)
+
+
 def _not_found(doc_id: str, number: int, field: str | None = None) -> ApiError:
     return ApiError(404, f"document {doc_id} has no version {number}", field=field)
 
@@ -209,6 +216,7 @@ async def restore_version(request: Request) -> Response:
     user = writer(request, doc_id).user
     number: int = request.path_params["number"]
     await _recorded_kind(request, doc_id)
+    storage.require_storage(request)  # a restore is an edit
     registry = state.registry(request)
     try:
         saved = await versions.restore_version(
@@ -221,9 +229,14 @@ async def restore_version(request: Request) -> Response:
     except LoadFailed:
         raise ApiError(503, "the document store is unavailable; try again") from None
     except TimeoutError:
-        raise ApiError(503, "restored, but not stored yet; the server keeps trying") from None
+        raise ApiError(503, storage.NOT_STORED, headers=RETRY_AFTER) from None
     except RestoreFailed as exc:
         raise ApiError(500, str(exc)) from None
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        # It may have failed before the restore or after it (saving the named version).
+        raise ApiError(503, _RESTORE_UNKNOWN, headers=RETRY_AFTER) from None
     return JSONResponse({"restored_from": number, "version": version_json(saved)})
 
 

@@ -34,9 +34,16 @@ log = logging.getLogger("tandem.persistence")
 
 class Appender(Protocol):
     async def append(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+        self,
+        records: Sequence[UpdateRecord],
+        touch: Sequence[str],
+        stamp: datetime,
+        *,
+        key: int | None = None,
+        again: bool = False,
     ) -> None:
-        """Insert `records` and create/touch the `touch` document rows, in one transaction."""
+        """Insert `records` (tagged with `key`) and create/touch the `touch` document rows,
+        in one transaction; with `again`, nothing if rows tagged `key` are stored already."""
         ...
 
     def append_now(
@@ -116,26 +123,49 @@ class SqliteAppender:
         return self._conn
 
     def _append_waiting(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: str
+        self,
+        records: Sequence[UpdateRecord],
+        touch: Sequence[str],
+        stamp: str,
+        key: int | None,
+        again: bool,
     ) -> None:
-        _write(self._connection(), records, touch, stamp)
+        _write(self._connection(), records, touch, stamp, key, again)
 
     def _checkpoint(self) -> None:
         # PASSIVE: copies what it can without waiting for readers or blocking writers.
         self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def append(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+        self,
+        records: Sequence[UpdateRecord],
+        touch: Sequence[str],
+        stamp: datetime,
+        *,
+        key: int | None = None,
+        again: bool = False,
     ) -> None:
-        if self.append_now(records, touch, stamp):
+        if self._now(records, touch, stamp, key, again):
             return
         text = _text(stamp)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._append_waiting, records, touch, text)
+        await loop.run_in_executor(
+            self._executor, self._append_waiting, records, touch, text, key, again
+        )
         self._written(records, touch, sum(len(r.data) for r in records))
 
     def append_now(
         self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+    ) -> bool:
+        return self._now(records, touch, stamp, None, False)
+
+    def _now(
+        self,
+        records: Sequence[UpdateRecord],
+        touch: Sequence[str],
+        stamp: datetime,
+        key: int | None,
+        again: bool,
     ) -> bool:
         # While the thread checkpoints, commits queue behind it: the first commit after a
         # complete checkpoint starts the log file from its beginning again, which a commit
@@ -143,7 +173,9 @@ class SqliteAppender:
         if self._checkpointing is not None or len(records) + len(touch) > INLINE_MAX_ROWS:
             return False
         size = sum(len(r.data) for r in records)
-        if size > INLINE_MAX_BYTES or not self._append_inline(records, touch, _text(stamp)):
+        if size > INLINE_MAX_BYTES or not self._append_inline(
+            records, touch, _text(stamp), key, again
+        ):
             return False
         self._written(records, touch, size)
         return True
@@ -160,13 +192,18 @@ class SqliteAppender:
             self._start_checkpoint()
 
     def _append_inline(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: str
+        self,
+        records: Sequence[UpdateRecord],
+        touch: Sequence[str],
+        stamp: str,
+        key: int | None = None,
+        again: bool = False,
     ) -> bool:
         """Commit on the loop's connection; False if the database is locked (nothing done)."""
         try:
             if self._inline is None:
                 self._inline = self._open(timeout=0)
-            _write(self._inline, records, touch, stamp)
+            _write(self._inline, records, touch, stamp, key, again)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
@@ -207,12 +244,28 @@ def _text(stamp: datetime) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+# Whether a commit with this key stored its rows. One document's rows, through the
+# (doc_id, seq) index: the key has no index of its own, as it is only read on a retry.
+STORED_ALREADY = "SELECT 1 FROM updates WHERE doc_id = {} AND batch_key = {} LIMIT 1"
+
+
 def _write(
-    conn: sqlite3.Connection, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: str
+    conn: sqlite3.Connection,
+    records: Sequence[UpdateRecord],
+    touch: Sequence[str],
+    stamp: str,
+    key: int | None = None,
+    again: bool = False,
 ) -> None:
-    """One transaction: create/touch the document rows, insert the update rows."""
+    """One transaction: create/touch the document rows, insert the update rows (nothing if
+    `again` and rows tagged `key` are stored already)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if again and key is not None and records:
+            found = conn.execute(STORED_ALREADY.format("?", "?"), (records[0].doc_id, key))
+            if found.fetchone() is not None:
+                conn.execute("ROLLBACK")
+                return
         if touch:
             conn.executemany(
                 "INSERT INTO documents (id, created_at, updated_at) VALUES (?, ?, ?) "
@@ -220,13 +273,27 @@ def _write(
                 [(doc_id, stamp, stamp) for doc_id in touch],
             )
         conn.executemany(
-            "INSERT INTO updates (doc_id, data, origin, author, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(r.doc_id, r.data, r.origin, r.author, stamp) for r in records],
+            "INSERT INTO updates (doc_id, data, origin, author, created_at, batch_key) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.doc_id, r.data, r.origin, r.author, stamp, key) for r in records],
         )
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        # A COMMIT that fails (SQLITE_BUSY, I/O error) may leave the transaction open; the
+        # connection's next BEGIN would then fail for good. Rolled back, nothing is stored,
+        # so the writer's retry cannot store it twice.
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 class PostgresAppender:
@@ -253,11 +320,21 @@ class PostgresAppender:
         return self._conn
 
     async def append(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+        self,
+        records: Sequence[UpdateRecord],
+        touch: Sequence[str],
+        stamp: datetime,
+        *,
+        key: int | None = None,
+        again: bool = False,
     ) -> None:
         conn = await self._connection()
         try:
             async with conn.transaction():
+                if again and key is not None and records:
+                    check = STORED_ALREADY.format("$1", "$2")
+                    if await conn.fetchval(check, records[0].doc_id, key) is not None:
+                        return  # the earlier attempt committed: its answer was lost
                 if touch:
                     await conn.executemany(
                         "INSERT INTO documents (id, created_at, updated_at) VALUES ($1, $2, $2) "
@@ -265,9 +342,9 @@ class PostgresAppender:
                         [(doc_id, stamp) for doc_id in touch],
                     )
                 await conn.executemany(
-                    "INSERT INTO updates (doc_id, data, origin, author, created_at) "
-                    "VALUES ($1, $2, $3, $4, $5)",
-                    [(r.doc_id, r.data, r.origin, r.author, stamp) for r in records],
+                    "INSERT INTO updates (doc_id, data, origin, author, created_at, batch_key) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    [(r.doc_id, r.data, r.origin, r.author, stamp, key) for r in records],
                 )
         except BaseException:
             # A connection in an unknown state is not reused.

@@ -14,6 +14,7 @@ class MemoryStore:
         self.snapshots: dict[str, tuple[int, bytes]] = {}
         self.fail_appends = False  # tests flip this to simulate an outage
         self.fail_loads = False
+        self.keys: set[tuple[str, int]] = set()  # (first row's document, key) of each append
         self._seq = itertools.count(1)
 
     async def load(self, doc_id: str) -> StoredDoc:
@@ -28,7 +29,15 @@ class MemoryStore:
             updates=[r.data for _, r in rows],
         )
 
-    async def append(self, records: Sequence[UpdateRecord]) -> None:
+    async def append(
+        self, records: Sequence[UpdateRecord], *, key: int | None = None, again: bool = False
+    ) -> None:
+        if self.fail_appends:
+            raise ConnectionError("store unavailable")
+        if records and key is not None:
+            if again and (records[0].doc_id, key) in self.keys:
+                return  # stored by the earlier attempt
+            self.keys.add((records[0].doc_id, key))
         self.append_now(records)
 
     def append_now(self, records: Sequence[UpdateRecord]) -> bool:

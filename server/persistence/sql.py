@@ -108,11 +108,13 @@ class SqlStore:
             deleted=base is not None and base.deleted_at is not None,
         )
 
-    async def append(self, records: Sequence[UpdateRecord]) -> None:
+    async def append(
+        self, records: Sequence[UpdateRecord], *, key: int | None = None, again: bool = False
+    ) -> None:
         if not records:
             return
         clock, stale = self._stale(records)
-        await self._appender.append(records, stale, now())
+        await self._appender.append(records, stale, now(), key=key, again=again)
         self._touch(clock, stale)
 
     def append_now(self, records: Sequence[UpdateRecord]) -> bool:

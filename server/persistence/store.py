@@ -52,8 +52,15 @@ class Store(Protocol):
         """The stored state of `doc_id` (empty if unknown). Raises on a storage failure."""
         ...
 
-    async def append(self, records: Sequence[UpdateRecord]) -> None:
-        """Durably append all records in one transaction."""
+    async def append(
+        self, records: Sequence[UpdateRecord], *, key: int | None = None, again: bool = False
+    ) -> None:
+        """Durably append all records in one transaction, each row tagged with `key`.
+
+        `again`: an earlier call with the same records and key failed, and may have
+        committed all the same (a connection lost during COMMIT); if rows with that key are
+        stored, nothing is written, so a retried commit is stored once.
+        """
         ...
 
     def append_now(self, records: Sequence[UpdateRecord]) -> bool:

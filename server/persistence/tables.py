@@ -97,6 +97,10 @@ updates = Table(
     Column("origin", String(16), nullable=False),
     Column("author", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The writer's key for the commit that stored the row, the same on every attempt: a retry
+    # of a commit whose answer was lost checks for it first (migration 0003). Null for rows
+    # committed on the spot (their outcome is always known) and rows from before 0003.
+    Column("batch_key", BigInteger, nullable=True),
     Index("ix_updates_doc_id_seq", "doc_id", "seq"),
 )
 

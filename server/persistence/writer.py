@@ -6,15 +6,23 @@ commits what has gathered every `delay` seconds in a single transaction; updates
 document from one origin are merged into one row first. A failed commit keeps the batch and
 retries with backoff, and `flush(doc_id)` only returns once that document's updates are
 committed, so a room is never unloaded with unsaved changes.
+
+While the database is down the queue grows in memory, up to `max_pending_bytes`: past it,
+rooms refuse new client updates (`full`) before applying them, and nothing already queued is
+dropped. Each batch carries a random key, stored with its rows; a retry asks the store to
+write nothing if rows with that key are there already (a commit whose answer was lost), so
+every update is stored once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pycrdt import merge_updates
 
@@ -25,6 +33,28 @@ from server.persistence.store import Store, UpdateRecord
 from shared.documents import call_with_deep_stack
 
 log = logging.getLogger("tandem.persistence")
+
+# The longest wait between two attempts of a failed commit: when the database returns, the
+# queue starts draining within this many seconds.
+MAX_BACKOFF = 2.0
+# A commit attempt that has run this long without an answer counts as stalled (/readyz: 503).
+STALL_SECONDS = 5.0
+# What a queued update costs in memory besides its bytes (the record, the bytes object's
+# header, the queue's slot; measured: about 121). Counted with the bytes against the bound,
+# so a flood of tiny updates is bounded too.
+RECORD_OVERHEAD = 128
+
+
+@dataclass
+class _Outage:
+    """Commits have been failing since `started` (monotonic time)."""
+
+    started: float
+    stored_before: int  # `Writer._stored` when the first commit failed
+    failures: int = 1
+    # Set by the first commit that succeeds: the outage is over once every update queued by
+    # then is stored (None: still failing).
+    drain_to: int | None = None
 
 
 class Writer:
@@ -38,6 +68,7 @@ class Writer:
         compact_after_bytes: int = 4 * 1024 * 1024,
         settle_after_updates: int = 16,
         settle_after_bytes: int = 64 * 1024,
+        max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.delay = delay
@@ -68,8 +99,17 @@ class Writer:
         self._compacting: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.healthy = True
+        # Memory the uncommitted updates take (their bytes plus RECORD_OVERHEAD each), and
+        # the ceiling past which rooms refuse new client updates (0: none).
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
+        self._outage: _Outage | None = None
+        self._refusing = False  # `full` said yes since the last commit
+        self._refusal_logged = -float("inf")
+        self._attempt_started: float | None = None  # the commit attempt under way
         # Read when /metrics is scraped, rather than set on every commit.
         metrics.PERSIST_PENDING.set_function(self.uncommitted)
+        metrics.PERSIST_PENDING_BYTES.set_function(self.pending_bytes)
 
     def add(self, doc_id: str, update: bytes, origin: Origin) -> None:
         now = time.monotonic()
@@ -84,6 +124,7 @@ class Writer:
             return
         self._queue.append(record)
         self._pending[doc_id] += 1
+        self._pending_bytes += len(update) + RECORD_OVERHEAD
         self._queued += 1
         self._newest[doc_id] = self._queued
         self._wake.set()
@@ -94,7 +135,9 @@ class Writer:
             if not self.store.append_now((record,)):
                 return False
         except Exception as exc:  # queued instead: the commit task retries it
-            log.warning("commit of an update failed, queueing it: %s", exc)
+            # A store that commits on the spot (memory, SQLite on this thread) knows an
+            # error means nothing was written, so the retry under a new key is safe.
+            self._failed(exc, 1)
             return False
         self._queued += 1
         self._stored += 1
@@ -123,6 +166,49 @@ class Writer:
     def uncommitted(self) -> int:
         """Updates queued and not yet committed, the batch being committed included."""
         return self._queued - self._stored
+
+    def pending_bytes(self) -> int:
+        """Memory the uncommitted updates take, the batch being committed included: their
+        bytes plus RECORD_OVERHEAD each."""
+        return self._pending_bytes
+
+    def full(self, incoming: int) -> bool:
+        """Whether a new update of `incoming` bytes would take the uncommitted updates past
+        `max_pending_bytes`; rooms then refuse it. With nothing pending an update is always
+        taken, however big."""
+        pending = self._pending_bytes
+        if not self.max_pending_bytes or not pending:
+            return False
+        if pending + incoming + RECORD_OVERHEAD <= self.max_pending_bytes:
+            return False
+        self._refusing = True
+        now = time.monotonic()
+        if now - self._refusal_logged >= 60.0:  # at most once a minute
+            self._refusal_logged = now
+            log.warning(
+                "%d bytes of updates wait to be stored (TANDEM_MAX_PENDING_BYTES %d): new "
+                "client updates are refused with 1013 until the queue drains",
+                pending,
+                self.max_pending_bytes,
+            )
+        return True
+
+    def available(self) -> bool:
+        """Whether an edit made now would be stored soon: commits succeed and the queue is
+        under its bound. REST edits are refused (503, not applied) otherwise."""
+        return self.state() == "ok" and not self.full(1)
+
+    def state(self) -> str:
+        """`ok`; `retrying` (commits fail); `stalled` (a commit has waited for the database
+        for STALL_SECONDS or more); `full` (new client updates are refused)."""
+        if not self.healthy:
+            return "retrying"
+        attempt = self._attempt_started
+        if attempt is not None and time.monotonic() - attempt >= STALL_SECONDS:
+            return "stalled"
+        if self._refusing:
+            return "full"
+        return "ok"
 
     def pending(self, doc_id: str | None = None) -> int:
         return len(self._queue) if doc_id is None else self._pending.get(doc_id, 0)
@@ -183,20 +269,29 @@ class Writer:
             rows = await asyncio.to_thread(call_with_deep_stack, lambda: coalesce(batch))
         else:
             rows = coalesce(batch)
+        # Kept across the attempts: a retry writes nothing if an attempt whose answer was
+        # lost (the connection dropped during COMMIT) stored the rows after all.
+        key = random.getrandbits(63)
+        again = False
         backoff = 0.1
         while True:
             started = time.perf_counter()
+            self._attempt_started = time.monotonic()
             try:
-                await self.store.append(rows)
+                await self.store.append(rows, key=key, again=again)
             except Exception as exc:  # any storage failure: keep the batch and retry
-                self.healthy = False
-                metrics.PERSIST_FAILURES.inc()
-                log.warning("commit of %d updates failed, retrying: %s", len(batch), exc)
+                self._attempt_started = None
+                self._failed(exc, len(batch))
+                again = True
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             break
+        self._attempt_started = None
         self._stored += len(batch)
+        self._pending_bytes -= sum(len(record.data) for record in batch)
+        self._pending_bytes -= RECORD_OVERHEAD * len(batch)
+        self._refusing = False
         for record in batch:
             left = self._pending[record.doc_id] - 1
             if left:
@@ -208,9 +303,48 @@ class Writer:
         async with self._committed:
             self._committed.notify_all()
 
+    def _failed(self, exc: Exception, updates: int) -> None:
+        """A commit failed: the first failure of an outage is logged as a warning, the
+        retries that follow at debug level only."""
+        self.healthy = False
+        metrics.PERSIST_FAILURES.inc()
+        outage = self._outage
+        if outage is None:
+            self._outage = _Outage(time.monotonic(), self._stored)
+            log.warning(
+                "the database is unavailable: a commit of %d updates failed (%s); updates "
+                "are kept in memory and retried until it answers",
+                updates,
+                _short(exc),
+            )
+            return
+        outage.failures += 1
+        outage.drain_to = None
+        log.debug("commit of %d updates failed again: %s", updates, _short(exc))
+
+    def _recovered(self) -> None:
+        """After a successful commit during an outage: once everything queued while it lasted
+        is stored, say so."""
+        outage = self._outage
+        assert outage is not None
+        if outage.drain_to is None:
+            outage.drain_to = self._queued
+        if self._stored < outage.drain_to:
+            return
+        self._outage = None
+        log.info(
+            "the database is available again after %.1f s: stored the %d updates queued "
+            "meanwhile (%d failed commits)",
+            time.monotonic() - outage.started,
+            outage.drain_to - outage.stored_before,
+            outage.failures,
+        )
+
     def _committed_rows(self, rows: Sequence[UpdateRecord], updates: int, started: float) -> None:
         """Metrics and the compaction trigger, after a commit of `updates` updates as `rows`."""
         self.healthy = True
+        if self._outage is not None:
+            self._recovered()
         metrics.PERSIST_SECONDS.observe(time.perf_counter() - started)
         metrics.PERSIST_BATCH_UPDATES.observe(updates)
         for row in rows:
@@ -255,11 +389,16 @@ class Writer:
         try:
             await self.flush(timeout=timeout)
         except TimeoutError:
-            log.error("shutdown: %d updates could not be committed", len(self._queue))
+            log.error("shutdown: %d updates could not be committed", self.uncommitted())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
 
 
 def _end(window: asyncio.Future[None]) -> None:

@@ -94,6 +94,7 @@ class Registry:
                 self.writer.add,
                 max_bytes=self.max_document_bytes,
                 presence_interval=self.presence_interval,
+                full=self.writer.full,
             )
             room.deleted = stored.deleted
 

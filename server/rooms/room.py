@@ -35,6 +35,9 @@ log = logging.getLogger("tandem.rooms")
 
 # Called with (doc id, effective update, origin) for every change; the write-behind log.
 UpdateSink = Callable[[str, bytes, Origin], None]
+# Called with the size of a client's update before it is applied: True when the log cannot
+# take that much more now (the database is down and its queue is at its bound).
+Backpressure = Callable[[int], bool]
 T = TypeVar("T")
 
 _NOT_CRDT_ERRORS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
@@ -45,6 +48,9 @@ EMPTY_STATE_VECTOR = b"\x00"
 UPDATE_PREFIX = bytes((MSG_SYNC, SYNC_UPDATE))
 # Senders whose "everyone but me" is kept: a room usually has one or two active writers.
 _SENDERS_KEPT = 4
+# 1013 "try again later": y-websocket reconnects and sends what the room lacks again.
+FULL_CODE = 1013
+FULL_REASON = "edits cannot be stored now; try again later"
 
 
 class LoadFailed(Exception):
@@ -74,9 +80,17 @@ class Room:
     """
 
     def __init__(
-        self, doc_id: str, sink: UpdateSink, *, max_bytes: int = 0, presence_interval: float = 0
+        self,
+        doc_id: str,
+        sink: UpdateSink,
+        *,
+        max_bytes: int = 0,
+        presence_interval: float = 0,
+        full: Backpressure | None = None,
     ) -> None:
         self.doc_id = doc_id
+        # Asked before a client's update is applied; a yes refuses it (see `_admit`).
+        self._full = full
         # Seconds between two presence relays (0: relay each change at once; needs a
         # running event loop otherwise). Changes in between wait in `_presence_pending`.
         self.presence_interval = presence_interval
@@ -350,7 +364,10 @@ class Room:
         size = len(data) - 3
         if 0 <= size < 0x80 and data[2] == size and data[:2] == UPDATE_PREFIX:
             if not peer.read_only:
-                self.apply_update(data[3:], peer.origin, peer)
+                update = data[3:]
+                if self._full is not None and self._full(size):
+                    self._admit(update)
+                self.apply_update(update, peer.origin, peer)
                 return
         try:
             message = decode_message(data)
@@ -361,7 +378,10 @@ class Room:
             if message.sync == SYNC_STEP1:
                 peer.send(frame_binary(encode_sync_step2(self._diff(message.payload))))
             elif not peer.read_only:
-                self.apply_update(message.payload, peer.origin, peer)
+                update = message.payload
+                if self._full is not None and self._full(len(update)):
+                    self._admit(update)
+                self.apply_update(update, peer.origin, peer)
             else:
                 metrics.READ_ONLY_WRITES_DROPPED.inc()
         elif kind == MSG_AWARENESS:
@@ -376,6 +396,28 @@ class Room:
             if presence is not None:
                 peer.send(frame_binary(encode_awareness(presence)))
         # Auth messages from clients carry nothing the server acts on.
+
+    def _admit(self, update: bytes) -> None:
+        """The log is full: refuse a client update that would add content, before it is
+        applied, so nothing of it is half taken (RejectedFrame 1013: its client keeps it and
+        sends it again when it reconnects).
+
+        An update that only repeats what the room has, or deletes (a reconnecting client's
+        sync step 2 carries its whole delete set), still passes: readers stay in sync, and
+        what deletions can add to the queue is bounded by the document's content.
+        """
+        if update == EMPTY_UPDATE:
+            return
+        try:
+            # The part of the update the room lacks (about 0.5 µs for a keystroke); an update
+            # starts with the number of clients it has structs of.
+            missing = bytes(get_update(update, self.state_vector()))
+        except BaseException as exc:
+            if isinstance(exc, _NOT_CRDT_ERRORS):
+                raise
+            return  # does not decode: apply_update rejects it with 1007
+        if missing[:1] != b"\x00":
+            raise RejectedFrame(FULL_CODE, FULL_REASON)
 
     def state_vector(self) -> bytes:
         return self._cold_vector if self._cold is not None else self._doc.get_state()
