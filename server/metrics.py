@@ -61,6 +61,9 @@ READ_ONLY_WRITES_DROPPED = Counter(
     "tandem_read_only_writes_dropped", "Updates from read-only connections that were ignored"
 )
 SLOW_PEERS_DROPPED = Counter("tandem_slow_peers_dropped", "Peers cut off for not reading")
+THROTTLED = Counter(
+    "tandem_ws_throttled", "Pauses in reading a connection that sent past its allowance"
+)
 LOAD_SECONDS = Histogram("tandem_load_seconds", "Time to load a document from the store")
 LOAD_FAILURES = Counter("tandem_load_failures", "Document loads that failed")
 PERSIST_BATCH_UPDATES = Histogram(

@@ -41,10 +41,13 @@ class Settings(BaseSettings):
     # A document whose encoded state would grow past this refuses further client updates
     # (the sender is closed with 1009); 0: no limit.
     max_document_bytes: int = 256 * 1024 * 1024
-    # What one connection may send, sustained (bursts of ten seconds' worth pass); a client
-    # that keeps sending faster is disconnected with 1008. 0: no limit.
+    # What one connection may send, sustained (bursts of ten seconds' worth pass). 0: no limit.
     max_messages_per_second: float = 200.0
     max_bytes_per_second: float = 8 * 1024 * 1024
+    # A connection that keeps sending faster is read from no faster than that (TCP holds it
+    # back); one that keeps it up for longer than this many seconds is closed with 1008.
+    # Presence (awareness) past the allowance is closed at once. 0: never closed for it.
+    max_throttled_seconds: float = 300.0
     # At most one presence (awareness) relay per room per this many ms; the changes in
     # between go out together, each client's newest. 0: relay each change at once.
     presence_interval_ms: float = 50.0

@@ -335,24 +335,28 @@ async def test_bad_frames_close_only_their_connection(make_server: ServerFactory
 
 
 async def test_floods_close_only_their_connection(make_server: ServerFactory) -> None:
-    """A client that keeps sending faster than its allowance is closed with 1008; a burst
-    within ten seconds' worth passes; the room, its other clients and their edits go on."""
+    """A client that keeps sending faster than its allowance is paced, and closed with 1008
+    once it has kept that up for TANDEM_MAX_THROTTLED_SECONDS; a burst within two seconds'
+    worth passes; the room, its other clients and their edits go on."""
     server = await make_server(
-        None, TANDEM_MAX_MESSAGES_PER_SECOND="50", TANDEM_MAX_BYTES_PER_SECOND="100000"
+        None,
+        TANDEM_MAX_MESSAGES_PER_SECOND="50",
+        TANDEM_MAX_BYTES_PER_SECOND="100000",
+        TANDEM_MAX_THROTTLED_SECONDS="2",
     )
     url = f"{server.ws_url}/{ROOM}"
     query = bytes((MSG_QUERY_AWARENESS,))
     async with two_editors(server) as editors:
-        # A burst of 400 messages (ten seconds' worth is 500) is fine, and so is its edit.
+        # A burst of 80 messages (two seconds' worth is 100) is fine, and so is its edit.
         async with raw(url) as ws:
             await greeting(ws)
-            for _ in range(400):
+            for _ in range(80):
                 await ws.send(query)
             await ws.send(encode_update(update_inserting("[burst]")))
             await wait_until(lambda: "[burst]" in text_of(editors.a.doc), what="burst edit")
             assert ws.close_code is None
 
-        # Messages without end: closed once the allowance runs out.
+        # Messages without end: paced, then closed after two seconds of it.
         flood = await send_until_closed(url, [query] * 5000)
         await editors.check_sync("message-flood")
 
@@ -361,8 +365,8 @@ async def test_floods_close_only_their_connection(make_server: ServerFactory) ->
         await editors.check_sync("byte-flood")
         await assert_alive(server)
 
-    assert flood == (1008, "too many messages: at most 50 a second")
-    assert byte_flood == (1008, "too much data: at most 100000 bytes a second")
+    assert flood == (1008, "too many messages: at most 50 a second, for over 2 s")
+    assert byte_flood == (1008, "too much data: at most 100000 bytes a second, for over 2 s")
     assert server.log().count("rejected frame") == 2, server.log()
 
 

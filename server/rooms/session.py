@@ -13,12 +13,13 @@ from starlette.types import Receive, Scope, Send
 from server import metrics
 from server.auth import AuthError, authenticate
 from server.metrics import TALLY
-from server.rooms.flood import FloodGuard
+from server.rooms.flood import FloodGuard, Flooding
 from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 from server.rooms.room import RejectedFrame
 from server.rooms.wire import writer_for
 from server.settings import Settings
+from shared.protocol import MSG_AWARENESS
 
 log = logging.getLogger("tandem.rooms")
 
@@ -26,6 +27,7 @@ log = logging.getLogger("tandem.rooms")
 _REJECTED = "tandem.rejected"
 _CLOSE = "tandem.close"
 DOC_ID = re.compile(r"\w[\w.-]{0,127}")
+PRESENCE = bytes((MSG_AWARENESS,))  # the first byte of a presence (awareness) message
 
 
 PREFIX = "/ws/"  # the endpoint's path: PREFIX + document id
@@ -83,7 +85,11 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         buffer_limit=settings.send_buffer_bytes,
         fd=wire.direct_fd(),
     )
-    guard = FloodGuard(settings.max_messages_per_second, settings.max_bytes_per_second)
+    guard = FloodGuard(
+        settings.max_messages_per_second,
+        settings.max_bytes_per_second,
+        settings.max_throttled_seconds,
+    )
     started = time.monotonic()
     frames = 0
     code: Any = None
@@ -106,8 +112,14 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         TALLY.frames_in += 1
         TALLY.bytes_in += len(data)
         try:
-            guard.take(len(data))
+            wait = guard.take(len(data))
+            if wait and data[:1] == PRESENCE:
+                # Presence is relayed to every peer and replaced by the next state anyway:
+                # no honest client sends it faster than its allowance.
+                raise Flooding(guard.describe())
             room.receive(peer, data)
+            if wait:
+                wire.throttle(wait)  # read nothing more until the buckets have refilled
         except RejectedFrame as exc:
             wire.handler = None  # later frames wait in the queue behind the rejection
             wire.post({"type": _REJECTED, "code": exc.code, "reason": exc.reason})

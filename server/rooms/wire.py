@@ -38,6 +38,10 @@ _AWAITING_FRAME = StreamReader.at_eof.__code__
 # that the client reads the close frame before the socket goes away (see _linger).
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 128 * 1024 * 1024
+# At most this many frames of one read are handled in one turn of the event loop; a read can
+# hold thousands of small frames (a script, a replayed offline session), and other rooms'
+# and clients' messages should not wait for all of them.
+FRAMES_PER_TURN = 256
 
 
 def frame_binary(payload: bytes) -> bytes:
@@ -146,6 +150,13 @@ class WireProtocol(WebSocketsSansIOProtocol):
     # Bytes still to read and discard after failing the connection (see _linger); None
     # while the connection is not lingering.
     _linger_left: int | None = None
+    # The timer that resumes reading after `throttle`; None while reading freely.
+    _throttle: asyncio.Handle | None = None
+    _resume_at = 0.0
+    # Whole frames read already but not delivered while paced (see _deliver_frames).
+    _held = b""
+    # The start of a frame that a read ended in, kept for the next (see data_received).
+    _partial = b""
     # Set by the session once it has joined a room. `on_backlog(True)` when the transport's
     # buffer passes its high-water mark (64 KiB), `on_backlog(False)` when it has drained;
     # `on_lost` when the connection is lost, so the room stops writing to it at once.
@@ -165,11 +176,18 @@ class WireProtocol(WebSocketsSansIOProtocol):
             if self._linger_left < 0:
                 self.transport.close()
                 return
+        if self._held:  # paced: new bytes queue behind the frames waiting (not expected)
+            self._held += data
+            return
+        if self._partial:  # the start of a frame the last read ended in
+            data = self._partial + data
+            self._partial = b""
         # Complete, unfragmented, masked binary frames are unmasked here and handed to the
         # session directly; the library's frame parser, a Python generator, costs several
-        # times as much per frame. Anything else (control frames, fragments, a frame split
-        # across reads, one over the size limit) goes to the library from a frame boundary,
-        # and everything after it too until the library's parser is between frames again.
+        # times as much per frame. A read that ends inside such a frame keeps its start for
+        # the next read. Anything else (control frames, fragments, frames of 64 KiB and more,
+        # one over the size limit) goes to the library from a frame boundary, and everything
+        # after it too until the library's parser is between frames again.
         if self.handler is not None and not self.frames:
             conn = self.conn
             if (
@@ -182,12 +200,37 @@ class WireProtocol(WebSocketsSansIOProtocol):
                 data = self._deliver_frames(data)
                 if not data:
                     return
+                if self._starts_short_frame(data):
+                    self._partial = data
+                    return
         self._library_fed = True
         super().data_received(data)
         if self.conn.state is not OPEN:
             # A close frame came in (and the library answered it), or the library failed
             # the connection: the room stops writing to it now, not after the session's turn.
             self._lost()
+
+    def _starts_short_frame(self, data: bytes) -> bool:
+        """Whether `data` is the start, and only the start, of a frame `_deliver_frames`
+        takes: masked, binary, final, under 64 KiB and within the size limit."""
+        if self.handler is None or self.close_sent or data[0] != 0x82:
+            return False
+        if len(data) < 2:
+            return True
+        length = data[1]
+        if length < 0x80:
+            return False  # unmasked: the library refuses it
+        length &= 0x7F
+        head = 6
+        if length == 126:
+            if len(data) < 4:
+                return True
+            length = int.from_bytes(data[2:4], "big")
+            head = 8
+        elif length == 127:
+            return False
+        limit = self.conn.max_message_size
+        return (limit is None or length <= limit) and len(data) < head + length
 
     def _library_between_frames(self) -> bool:
         """Whether the library's parser waits for the first byte of a frame.
@@ -204,6 +247,7 @@ class WireProtocol(WebSocketsSansIOProtocol):
     def _deliver_frames(self, data: bytes) -> bytes:
         """Deliver the whole binary frames at the start of `data`; return what is left."""
         limit = self.conn.max_message_size
+        turn = FRAMES_PER_TURN
         pos = 0
         end = len(data)
         while end - pos >= 6 and data[pos] == 0x82:  # FIN, binary
@@ -230,6 +274,16 @@ class WireProtocol(WebSocketsSansIOProtocol):
             payload = apply_mask(data[head + 4 : stop], data[head : head + 4])
             pos = stop
             handler(payload)
+            turn -= 1
+            if (self._throttle is not None or not turn) and pos < end:
+                # Paced, or this read's share of the loop is used up: the rest waits, whole
+                # frames, until reading resumes (_unthrottle), at the latest on the loop's
+                # next turn, after what other connections sent meanwhile.
+                if self._throttle is None:
+                    self.transport.pause_reading()
+                    self._throttle = self.loop.call_soon(self._unthrottle)
+                self._held = data[pos:]
+                return b""
         return data[pos:] if pos else data
 
     def send_receive_event_to_app(self) -> None:
@@ -264,6 +318,12 @@ class WireProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
     def keepalive_timeout(self) -> None:
+        if self._throttle is not None:
+            # Paced: its pong waits behind frames this side has not read yet. It is alive
+            # (it sent them); wait again. The flood guard's patience bounds how long.
+            wait = self.ping_timeout or 20.0
+            self.pong_timer = self.loop.call_later(wait, self.keepalive_timeout)
+            return
         self._lost()
         super().keepalive_timeout()
 
@@ -301,11 +361,46 @@ class WireProtocol(WebSocketsSansIOProtocol):
         # close then.
         self.close_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
+    # -- pacing ----------------------------------------------------------------------------
+
+    def throttle(self, seconds: float) -> None:
+        """Read nothing from this connection for `seconds`: the client's frames wait in the
+        kernel's buffers, and TCP then holds the sender back. What was read already is
+        delivered first. A later call while paused just keeps reading paused."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.pause_reading()
+        # The wait of a chunk's last frame covers the frames before it: keep the latest.
+        self._resume_at = self.loop.time() + seconds
+        if self._throttle is None:
+            metrics.THROTTLED.inc()
+            self._throttle = self.loop.call_at(self._resume_at, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        if self.loop.time() < self._resume_at:  # a later frame asked for a longer pause
+            self._throttle = self.loop.call_at(self._resume_at, self._unthrottle)
+            return
+        self._throttle = None
+        if self.transport.is_closing():
+            return
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)  # may pace again, and hold what is left again
+            if self._throttle is not None:
+                return
+        # uvicorn pauses reading too, while an ASGI event waits for the app: leave that be.
+        if not self.read_paused:
+            self.transport.resume_reading()
+
     def backlogged(self) -> bool:
         """Whether the transport holds bytes it has not written (it reported a pause)."""
         return not self.writable.is_set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
         self._lost()
         super().connection_lost(exc)
 
