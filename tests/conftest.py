@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
-# CI sets this so that a missing PostgreSQL or Redis fails the run instead of skipping.
+# CI sets this so that a missing PostgreSQL fails the run instead of skipping.
 REQUIRE_SERVICES = os.environ.get("TANDEM_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get(
     "TANDEM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
