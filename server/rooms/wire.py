@@ -365,8 +365,9 @@ class WireProtocol(WebSocketsSansIOProtocol):
 
     def throttle(self, seconds: float) -> None:
         """Read nothing from this connection for `seconds`: the client's frames wait in the
-        kernel's buffers, and TCP then holds the sender back. What was read already is
-        delivered first. A later call while paused just keeps reading paused."""
+        kernel's buffers, and TCP then holds the sender back. The frames of the current read
+        after this one wait too, whole (see _deliver_frames). A later call while paused sets
+        the end of the pause anew."""
         transport = self.transport
         if transport.is_closing():
             return
@@ -378,7 +379,7 @@ class WireProtocol(WebSocketsSansIOProtocol):
             self._throttle = self.loop.call_at(self._resume_at, self._unthrottle)
 
     def _unthrottle(self) -> None:
-        if self.loop.time() < self._resume_at:  # a later frame asked for a longer pause
+        if self._resume_at - self.loop.time() > 0.001:  # a later frame asked for longer
             self._throttle = self.loop.call_at(self._resume_at, self._unthrottle)
             return
         self._throttle = None
