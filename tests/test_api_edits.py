@@ -1,5 +1,6 @@
-"""REST edits of document content (server/api/edits.py) and `tandem export`, against a real
-server process, with stock Yjs clients (Node) and pycrdt clients connected at the same time."""
+"""REST edits of document content (server/api/live.py, tasks.py, messages.py, text.py,
+updates.py) and `tandem export`, against a real server process, with stock Yjs clients (Node)
+and pycrdt clients connected at the same time."""
 
 from __future__ import annotations
 

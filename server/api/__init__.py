@@ -5,12 +5,27 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from server.api import docs, edits, files, folders, openapi, versions
+from server.api import (
+    docs,
+    files,
+    folders,
+    live,
+    messages,
+    openapi,
+    tasks,
+    text,
+    updates,
+    versions,
+)
 from server.api.errors import HANDLERS
 
 routes: list[BaseRoute] = [
     *docs.routes,
-    *edits.routes,
+    *live.routes,
+    *updates.routes,
+    *text.routes,
+    *messages.routes,
+    *tasks.routes,
     *versions.routes,
     *folders.routes,
     *files.routes,

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import __version__
-from server.api import docs, edits, files, folders, versions
+from server.api import docs, files, folders, live, messages, tasks, text, updates, versions
 
 _REF = "#/components/schemas/{model}"
 
@@ -41,13 +41,13 @@ _INPUTS: list[type[BaseModel]] = [
     folders.FolderCreate,
     folders.FolderUpdate,
     files.AttachBody,
-    edits.TaskCreate,
-    edits.TaskUpdate,
-    edits.SubtaskCreate,
-    edits.SubtaskUpdate,
-    edits.MessageCreate,
-    edits.TextBody,
-    edits.UpdateBody,
+    tasks.TaskCreate,
+    tasks.TaskUpdate,
+    tasks.SubtaskCreate,
+    tasks.SubtaskUpdate,
+    messages.MessageCreate,
+    text.TextBody,
+    updates.UpdateBody,
     versions.VersionCreate,
 ]
 _OUTPUTS: list[type[BaseModel]] = [
@@ -58,10 +58,10 @@ _OUTPUTS: list[type[BaseModel]] = [
     files.File,
     files.FileList,
     files.VersionList,
-    edits.Task,
-    edits.Message,
-    edits.Content,
-    edits.UpdateResult,
+    tasks.Task,
+    messages.Message,
+    live.Content,
+    updates.UpdateResult,
     versions.DocVersion,
     versions.DocVersionList,
     versions.DocVersionDetail,
@@ -289,15 +289,15 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 
 def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, dict[str, Any]]:
-    """Reading and changing a document's content (server/api/edits.py). A task operation on
-    a document that is not a board (text outside a `doc`, a message outside a discussion) is
-    409."""
-    task = _json(edits.Task)
+    """Reading and changing a document's content (server/api/live.py, tasks.py, messages.py,
+    text.py, updates.py). A task operation on a document that is not a board (text outside a
+    `doc`, a message outside a discussion) is 409."""
+    task = _json(tasks.Task)
     return {
         "/api/docs/{doc_id}/content": {
             "get": _operation(
                 "The live content of a board, doc or discussion as JSON",
-                ok=(200, "the content, and what in it does not fit", _json(edits.Content)),
+                ok=(200, "the content, and what in it does not fit", _json(live.Content)),
                 errors=(401, 403, 404, 409),
                 tag="content",
             ),
@@ -306,8 +306,8 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
             "post": _operation(
                 "Apply a raw Yjs update (octet-stream, or JSON with base64); a bad one is 422 "
                 "and nothing is stored",
-                ok=(200, "applied", _json(edits.UpdateResult)),
-                body={"application/octet-stream": {}, **_json(edits.UpdateBody)},
+                ok=(200, "applied", _json(updates.UpdateResult)),
+                body={"application/octet-stream": {}, **_json(updates.UpdateBody)},
                 errors=write,
                 tag="content",
             ),
@@ -315,11 +315,11 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
         "/api/docs/{doc_id}/text": {
             "put": _operation(
                 "Replace a doc's rich text with Markdown or plain text",
-                ok=(200, "the new content", _json(edits.Content)),
+                ok=(200, "the new content", _json(live.Content)),
                 body={
                     "text/markdown": {"schema": {"type": "string"}},
                     "text/plain": {"schema": {"type": "string"}},
-                    **_json(edits.TextBody),
+                    **_json(text.TextBody),
                 },
                 errors=write,
                 tag="content",
@@ -328,8 +328,8 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
         "/api/docs/{doc_id}/messages": {
             "post": _operation(
                 "Post a message to a discussion as the caller",
-                ok=(201, "the message", _json(edits.Message)),
-                body=_json(edits.MessageCreate),
+                ok=(201, "the message", _json(messages.Message)),
+                body=_json(messages.MessageCreate),
                 errors=write,
                 tag="content",
             ),
@@ -338,7 +338,7 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
             "post": _operation(
                 "Add a task to a board",
                 ok=(201, "the task", task),
-                body=_json(edits.TaskCreate),
+                body=_json(tasks.TaskCreate),
                 errors=write,
                 tag="tasks",
             ),
@@ -350,7 +350,7 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
             "patch": _operation(
                 "Change a task: fields, status (a move), order, assignee, due, priority",
                 ok=(200, "the changed task", task),
-                body=_json(edits.TaskUpdate),
+                body=_json(tasks.TaskUpdate),
                 errors=write,
                 tag="tasks",
             ),
@@ -370,7 +370,7 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
             "post": _operation(
                 "Add a subtask",
                 ok=(201, "the task with its new subtask last", task),
-                body=_json(edits.SubtaskCreate),
+                body=_json(tasks.SubtaskCreate),
                 errors=write,
                 tag="tasks",
             ),
@@ -379,7 +379,7 @@ def _content_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
             "patch": _operation(
                 "Tick or untick a subtask",
                 ok=(200, "the task", task),
-                body=_json(edits.SubtaskUpdate),
+                body=_json(tasks.SubtaskUpdate),
                 errors=write,
                 tag="tasks",
             ),
