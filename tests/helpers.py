@@ -52,3 +52,19 @@ async def metric(server: ServerProcess, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", response.text, re.MULTILINE)
     assert match is not None, f"metric {name} not exported"
     return float(match[1])
+
+
+class Silent:
+    """A transport that takes every write and never backs up."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass

@@ -158,3 +158,50 @@ class RawWebSocket:
             await asyncio.wait_for(self.writer.wait_closed(), 5)
         except (OSError, TimeoutError):
             pass
+
+
+# -- blocking sockets, for clients that run in threads ---------------------------------------
+
+
+def handshake(port: int, path: str) -> tuple[socket.socket, bytes]:
+    """A blocking socket with the WebSocket handshake done, and what came after it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    return sock, head.partition(b"\r\n\r\n")[2]
+
+
+def take_frames(data: bytearray) -> list[Frame]:
+    """The whole server frames (unmasked) at the start of `data`, removed from it."""
+    frames = []
+    pos = 0
+    while True:
+        start = pos
+        if pos + 2 > len(data):
+            break
+        opcode, length = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if length == 126:
+            length = int.from_bytes(data[pos : pos + 2], "big")
+            pos += 2
+        elif length == 127:
+            length = int.from_bytes(data[pos : pos + 8], "big")
+            pos += 8
+        if pos + length > len(data):
+            pos = start
+            break
+        frames.append(Frame(opcode, bytes(data[pos : pos + length])))
+        pos += length
+    del data[:pos]
+    return frames
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    """The whole server frames in `data`; a frame cut short at the end is left out."""
+    return take_frames(bytearray(data))

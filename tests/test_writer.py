@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import Silent
 from prometheus_client import REGISTRY
 from pycrdt import Doc, Map, Text, TransactionEvent
 
@@ -217,22 +218,6 @@ async def test_concurrent_joins_share_one_load() -> None:
         registry.release("plan")
     await asyncio.sleep(0.2)
     assert "plan" not in registry.rooms  # unloaded after the grace period
-
-
-class Silent:
-    """A transport that takes every write and never backs up."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        pass
 
 
 async def test_a_deletion_during_a_load_marks_the_room_it_produces() -> None:

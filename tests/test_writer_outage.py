@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import upgrade_schema
+from helpers import Silent
 from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy import text
 
@@ -30,22 +31,6 @@ from server.rooms.room import RejectedFrame
 from shared.protocol import encode_sync_step2, encode_update
 
 WS = Origin("ws", "ana")
-
-
-class Silent:
-    """A transport that takes every write and never backs up."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        pass
 
 
 class Outage:
