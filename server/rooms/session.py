@@ -16,7 +16,7 @@ from server.metrics import TALLY
 from server.rooms.flood import FloodGuard, Flooding
 from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
-from server.rooms.room import RejectedFrame
+from server.rooms.room import FULL_CODE, RejectedFrame
 from server.rooms.wire import writer_for
 from server.settings import Settings
 from shared.protocol import MSG_AWARENESS
@@ -168,7 +168,8 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     except RejectedFrame as exc:
         code, reason = exc.code, exc.reason
         metrics.REJECTED_FRAMES.labels(str(exc.code)).inc()
-        log.warning("ws rejected frame doc=%s peer=%d: %d %s", doc_id, peer.id, code, reason)
+        if code != FULL_CODE:  # the writer warns of a full queue itself, once a minute
+            log.warning("ws rejected frame doc=%s peer=%d: %d %s", doc_id, peer.id, code, reason)
         room.leave(peer)
         await close(exc.code, exc.reason)
     finally:
