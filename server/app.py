@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import __version__, demo
+from server import __version__, apidocs, demo
 from server.api import create_api
 from server.blobs import FileBlobStore
 from server.persistence import migrate
@@ -168,6 +168,7 @@ def create_app(settings: Settings | None = None) -> SyncFirst:
                 Route("/readyz", readyz),
                 Route("/metrics", metrics),
                 Mount("/api", app=create_api()),
+                *apidocs.routes(),
             ],
             lifespan=lambda app: lifespan_for(settings),
         )

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -62,12 +63,22 @@ def issue_token(
     doc: str | None = None,
     read_only: bool = False,
     ttl: float | None = None,
+    expires: int | None = None,
 ) -> str:
+    """A token for `user`; it expires `ttl` seconds from now or at the Unix time `expires`
+    (at most one of them), or never when both are None."""
+    if ttl is not None and expires is not None:
+        raise ValueError("give ttl or expires, not both")
+    if ttl is not None:
+        # A negative ttl makes a token that has expired already (tests need those).
+        if not math.isfinite(ttl):
+            raise ValueError(f"a token lifetime is a finite number of seconds, not {ttl}")
+        expires = int(time.time() + ttl)
     claims: dict[str, object] = {"u": user, "ro": read_only}
     if doc is not None:
         claims["d"] = doc
-    if ttl is not None:
-        claims["exp"] = int(time.time() + ttl)
+    if expires is not None:
+        claims["exp"] = expires
     body = _b64(json.dumps(claims, separators=(",", ":")).encode())
     return f"{body}.{_sign(secret, body)}"
 

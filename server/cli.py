@@ -47,11 +47,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the newest revision")
     upgrade.add_argument("--database-url", help="SQLAlchemy async URL (TANDEM_DATABASE_URL)")
 
-    token = commands.add_parser("token", help="issue an access token (needs TANDEM_SECRET)")
-    token.add_argument("--user", required=True)
-    token.add_argument("--doc", help="limit the token to one document")
-    token.add_argument("--read-only", action="store_true")
-    token.add_argument("--ttl", type=float, help="seconds until the token expires")
+    token = commands.add_parser(
+        "token",
+        help="issue an access token (needs TANDEM_SECRET)",
+        description="Print an access token on stdout (its expiry goes to stderr). The server "
+        "must run with the same TANDEM_SECRET.",
+    )
+    token.add_argument("--user", required=True, help="the user name the token signs in as")
+    token.add_argument(
+        "--doc", type=_doc_id, help="limit the token to this one document (default: every one)"
+    )
+    token.add_argument(
+        "--read-only", action="store_true", help="grant read access only (no edits)"
+    )
+    token.add_argument(
+        "--ttl",
+        type=_ttl,
+        metavar="SECONDS",
+        help="seconds until the token expires; 0: never "
+        "(default TANDEM_TOKEN_TTL_SECONDS, 30 days)",
+    )
 
     export = commands.add_parser(
         "export",
@@ -362,19 +377,68 @@ async def _export_folder(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _doc_id(text: str) -> str:
+    """`--doc`: a document id by the rule the WebSocket endpoint applies."""
+    from server.api.fields import DOC_ID_RULE
+    from server.rooms.session import DOC_ID
+
+    if not DOC_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid document id {text!r}: {DOC_ID_RULE}")
+    return text
+
+
+def _ttl(text: str) -> float:
+    """`--ttl`: a finite number of seconds, 0 or more."""
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a lifetime: give seconds, 0 or more (0: never expires)"
+        )
+    return seconds
+
+
 def _token(args: argparse.Namespace) -> int:
+    import time
+
     from server.auth import issue_token
     from server.settings import Settings
 
-    secret = Settings().secret
-    if not secret:
+    settings = Settings()
+    if not settings.secret:
         print(
             "tandem token: set TANDEM_SECRET first (the server must use the same one)",
             file=sys.stderr,
         )
         return 2
-    print(issue_token(secret, args.user, doc=args.doc, read_only=args.read_only, ttl=args.ttl))
+    ttl = settings.token_ttl_seconds if args.ttl is None else args.ttl
+    expires = int(time.time() + ttl) if ttl > 0 else None
+    token = issue_token(
+        settings.secret, args.user, doc=args.doc, read_only=args.read_only, expires=expires
+    )
+    if expires is None:
+        print(
+            "tandem token: this token never expires; it is valid until TANDEM_SECRET changes",
+            file=sys.stderr,
+        )
+    else:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        print(f"tandem token: expires {when} (in {_duration(ttl)})", file=sys.stderr)
+    print(token)
     return 0
+
+
+def _duration(seconds: float) -> str:
+    """A lifetime as people say it: the largest whole unit, or seconds."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} seconds"
 
 
 if __name__ == "__main__":

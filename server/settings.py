@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # URL schemes without an async driver, as people write them, and the driver Tandem uses.
@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # Signs access tokens. Unset: no sign-in, every connection is the local user.
     secret: str | None = None
+    # How long a token from `tandem token` lasts unless `--ttl` says otherwise; 0: forever.
+    token_ttl_seconds: float = Field(default=30 * 24 * 3600, ge=0, allow_inf_nan=False)
     log_level: str = "info"
     # TLS: both set, the server speaks https and wss only (a certificate chain and its key,
     # PEM files); neither set, plain http and ws.

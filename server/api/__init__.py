@@ -17,6 +17,7 @@ from server.api import (
     updates,
     versions,
 )
+from server.api.doc_ids import check_doc_ids
 from server.api.errors import HANDLERS
 
 routes: list[BaseRoute] = [
@@ -31,6 +32,7 @@ routes: list[BaseRoute] = [
     *files.routes,
     *openapi.routes,
 ]
+check_doc_ids(routes)
 
 
 def create_api() -> Starlette:

@@ -17,12 +17,16 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+# What DOC_ID accepts, in words, for error messages.
+DOC_ID_RULE = (
+    "a document id is 1 to 128 letters, digits, '_', '.' or '-', starting with a "
+    "letter, digit or '_'"
+)
+
+
 def _doc_id(value: str) -> str:
     if not DOC_ID.fullmatch(value):
-        raise ValueError(
-            "a document id is 1 to 128 letters, digits, '_', '.' or '-', starting with a "
-            "letter, digit or '_'"
-        )
+        raise ValueError(DOC_ID_RULE)
     return value
 
 

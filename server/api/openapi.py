@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from server import __version__
 from server.api import docs, files, folders, live, messages, tasks, text, updates, versions
+from server.api.fields import DOC_ID_RULE
 
 _REF = "#/components/schemas/{model}"
 
@@ -459,6 +460,7 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "schema": {"type": "string"} if name in _STRING_PARAMETERS else {"type": "integer"},
+            **({"description": DOC_ID_RULE} if name == "doc_id" else {}),
         }
         for name in re.findall(r"\{(\w+)\}", path)
     ]
@@ -476,6 +478,14 @@ def document() -> dict[str, Any]:
         parameters = _path_parameters(path)
         if parameters:
             item["parameters"] = parameters
+        if "{doc_id}" in path:
+            # Every such route refuses a malformed id with 422 (server/api/doc_ids.py).
+            for method, operation in item.items():
+                if method == "parameters":
+                    continue
+                operation["responses"].setdefault(
+                    "422", {"description": _ERRORS[422], "content": _json(Error)}
+                )
     return {
         "openapi": "3.1.0",
         "info": {
