@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("doc", nargs="?", metavar="DOC", help="the document id")
     export.add_argument("--format", choices=("md", "html", "json"), default="md")
-    export.add_argument("--version", type=int, help="a stored version (its snapshot id)")
+    export.add_argument("--version", type=int, help="a stored version: its number in the document")
     export.add_argument("-o", "--output", metavar="FILE", help="write here, not to stdout")
     export.add_argument("--folder", metavar="F", help="export a folder (id or name)")
     export.add_argument("--out", metavar="DIR", help="with --folder: the output directory")

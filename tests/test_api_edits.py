@@ -572,9 +572,10 @@ async def test_export_cli_reads_versions_and_explains_failures(
             version = (
                 await conn.execute(
                     text(
-                        "INSERT INTO snapshots (doc_id, upto_seq, state, state_vector, kind, "
-                        "name, created_by, created_at) VALUES (:doc, 0, :state, :sv, 'named', "
-                        "'v1', 'local', CURRENT_TIMESTAMP) RETURNING id"
+                        "INSERT INTO snapshots (doc_id, number, upto_seq, state, state_vector, "
+                        "kind, name, created_by, created_at) VALUES (:doc, (SELECT "
+                        "COALESCE(MAX(number), 0) + 1 FROM snapshots WHERE doc_id = :doc), 0, "
+                        ":state, :sv, 'named', 'v1', 'local', CURRENT_TIMESTAMP) RETURNING number"
                     ),
                     {"doc": board_id, "state": old.get_update(), "sv": old.get_state()},
                 )

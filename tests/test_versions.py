@@ -5,6 +5,7 @@ PostgreSQL where storage matters), plus the document mirroring that restore is b
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from websockets.asyncio.client import connect
 from yjs_node import NodeYClient
 
 from client.sync import SyncClient
+from server import cli
 from server.auth import issue_token
 from server.origin import Origin
 from server.persistence import migrate, versions, workspace
@@ -120,6 +122,8 @@ async def test_named_version_survives_compaction_and_pruning(
         database_url, TANDEM_COMPACT_AFTER_UPDATES="20", TANDEM_COMMIT_DELAY_MS="5"
     )
     async with api(server) as http:
+        # Another document's version first: numbers are counted per document.
+        await save_version(http, await create_doc(http, "doc", "别的"), "别的 v1")
         doc_id = await create_doc(http, "doc", "活动方案")
         async with SyncClient(server.ws_url, doc_id) as client:
             await client.wait_synced()
@@ -128,6 +132,8 @@ async def test_named_version_survives_compaction_and_pruning(
             at_the_time = {fmt: await export(http, doc_id, fmt) for fmt in ("md", "html", "json")}
             named = await save_version(http, doc_id, "定稿 v1")
             number = named["number"]
+            assert number == 1
+            seen: dict[int, dict[str, Any]] = {}
             for fmt, body in at_the_time.items():
                 assert await export(http, doc_id, fmt, version=number) == body
 
@@ -145,9 +151,11 @@ async def test_named_version_survives_compaction_and_pruning(
                     # Remember one automatic snapshot made after the named version.
                     async with asyncio.timeout(15):
                         while first_auto is None:
+                            listed = await list_versions(http, doc_id)
+                            seen = {v["number"]: v for v in listed}
                             autos = [
                                 v["number"]
-                                for v in await list_versions(http, doc_id)
+                                for v in listed
                                 if v["kind"] == "auto" and v["number"] > number
                             ]
                             first_auto = min(autos, default=None)
@@ -168,6 +176,12 @@ async def test_named_version_survives_compaction_and_pruning(
             (number, "定稿 v1", "local")
         ]
         assert max(autos) > number + 10
+        # Pruning renumbers nothing: each version keeps the number it was listed under, and the
+        # kept automatic snapshots are the newest ten numbers.
+        assert sorted(autos) == list(range(max(autos) - 9, max(autos) + 1))
+        for v in listed:
+            if v["number"] in seen:
+                assert v == seen[v["number"]]
 
         for fmt, body in at_the_time.items():
             assert await export(http, doc_id, fmt, version=number) == body, fmt
@@ -247,6 +261,8 @@ async def test_restore_converges_every_connected_client(
             assert result["restored_from"] == version["number"]
             assert result["version"]["name"] == f"restored from version {version['number']}"
             assert result["version"]["kind"] == "named"
+            saved_before = result["saved_before"]
+            assert saved_before["name"] == f"before restoring version {version['number']}"
 
             # Every client, without reconnecting, reads the old content again.
             for client in (author, other):
@@ -279,8 +295,9 @@ async def test_restore_converges_every_connected_client(
 
         # History is kept, not rewritten; the restore shows in it; the title follows.
         listed = await list_versions(http, doc_id)
-        assert [(v["kind"], v["name"]) for v in listed[:2]] == [
+        assert [(v["kind"], v["name"]) for v in listed[:3]] == [
             ("named", f"restored from version {version['number']}"),
+            ("named", f"before restoring version {version['number']}"),
             ("named", "上线前"),
         ]
         assert listed[0]["created_by"] == "local"
@@ -817,10 +834,21 @@ async def test_restore_of_a_document_edited_without_pause(
                 await noise
             assert in_place == [saved.number]
             assert richtext.read_doc(room.doc)[0] == expected
-            assert restored.name == f"restored from version {saved.number}"
-            assert restored.created_by == "wang"
+            assert restored.restored.name == f"restored from version {saved.number}"
+            assert restored.restored.created_by == "wang"
+            # What the restore replaced is kept, exactly as the room held it then.
+            before = await versions.version_state(engine, "plan", restored.before.number)
+            replaced = versions.doc_from_state(before[1])
+            assert richtext.plain_text(richtext.read_doc(replaced)[0].content) == "改写"
+            assert replaced.get("noise", type=Map).get("n") is not None
         listed = await versions.list_versions(engine, "plan")
-        assert [v.name for v in listed] == [restored.name, "v1"]
+        assert [v.name for v in listed] == [
+            restored.restored.name,
+            f"before restoring version {saved.number}",
+            "v1",
+        ]
+        assert [v.number for v in listed] == [3, 2, 1]
+        restored = restored.restored
         at = await versions.version_at(engine, "plan", restored.created_at)
         assert at is not None and at.number == restored.number
     finally:
@@ -828,3 +856,89 @@ async def test_restore_of_a_document_edited_without_pause(
         await writer.close()
         commits.cancel()
         await store.close()
+
+
+# --- per-document numbers and undoing a restore ---------------------------------------------
+
+
+async def task_titles(http: httpx.AsyncClient, doc_id: str, **params: Any) -> list[str]:
+    data = json.loads(await export(http, doc_id, "json", **params))
+    return sorted(t["title"] for t in data["tasks"].values())
+
+
+async def test_versions_are_numbered_per_document(
+    database_url: str, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await make_server(database_url)
+    async with api(server) as http:
+        first = await create_doc(http, "board", "甲")
+        second = await create_doc(http, "board", "乙")
+        for doc_id, title in ((first, "甲一"), (second, "乙一"), (second, "乙二"), (first, "甲二")):
+            added = await http.post(f"/docs/{doc_id}/tasks", json={"title": title})
+            assert added.status_code == 201, added.text
+            name = title.replace("一", " v1").replace("二", " v2")
+            assert (await save_version(http, doc_id, name))["number"] == int(name[-1])
+        for doc_id, prefix in ((first, "甲"), (second, "乙")):
+            listed = await list_versions(http, doc_id)
+            assert [(v["number"], v["name"]) for v in listed] == [
+                (2, f"{prefix} v2"),
+                (1, f"{prefix} v1"),
+            ]
+            detail = (await http.get(f"/docs/{doc_id}/versions/1")).json()
+            assert detail["version"]["name"] == f"{prefix} v1"
+            assert await task_titles(http, doc_id, version=1) == [f"{prefix}一"]
+            diff = (await http.get(f"/docs/{doc_id}/diff", params={"from": 1, "to": 2})).json()
+            assert [t["title"] for t in diff["changes"]["tasks_added"]] == [f"{prefix}二"]
+        assert_error(await http.get(f"/docs/{first}/versions/3"), 404)
+        # Saved at the same time, each on its own connection: no number twice, none skipped.
+        saved = await asyncio.gather(*(save_version(http, first, f"同时 {i}") for i in range(6)))
+        assert sorted(v["number"] for v in saved) == [3, 4, 5, 6, 7, 8]
+
+    # `tandem export DOC --version N` reads the document's version N.
+    target = tmp_path / "v1.json"
+    args = [second, "--format", "json", "--version", "1", "-o", str(target)]
+    done = await asyncio.to_thread(
+        cli.main, ["export", *args, "--database-url", server.database_url]
+    )
+    assert done == 0
+    assert sorted(t["title"] for t in json.loads(target.read_text("utf-8"))["tasks"].values()) == [
+        "乙一"
+    ]
+
+
+async def test_restore_can_be_undone(database_url: str, make_server: ServerFactory) -> None:
+    server = await make_server(database_url)
+    async with api(server) as http:
+        doc_id = await create_doc(http, "board", "看板")
+        await http.post(f"/docs/{doc_id}/tasks", json={"title": "旧任务"})
+        assert (await save_version(http, doc_id, "v1"))["number"] == 1
+        await http.post(f"/docs/{doc_id}/tasks", json={"title": "新任务"})
+        assert await task_titles(http, doc_id) == ["新任务", "旧任务"]
+
+        restored = await http.post(f"/docs/{doc_id}/versions/1/restore")
+        assert restored.status_code == 200, restored.text
+        result = restored.json()
+        assert (result["saved_before"]["number"], result["saved_before"]["name"]) == (
+            2,
+            "before restoring version 1",
+        )
+        assert (result["version"]["number"], result["version"]["name"]) == (
+            3,
+            "restored from version 1",
+        )
+        assert await task_titles(http, doc_id) == ["旧任务"]
+        assert await task_titles(http, doc_id, version=2) == ["新任务", "旧任务"]
+
+        # Restoring the saved version undoes the restore.
+        undone = await http.post(f"/docs/{doc_id}/versions/2/restore")
+        assert undone.status_code == 200, undone.text
+        assert undone.json()["saved_before"]["name"] == "before restoring version 2"
+        assert await task_titles(http, doc_id) == ["新任务", "旧任务"]
+        listed = await list_versions(http, doc_id)
+        assert [(v["number"], v["name"]) for v in listed] == [
+            (5, "restored from version 2"),
+            (4, "before restoring version 2"),
+            (3, "restored from version 1"),
+            (2, "before restoring version 1"),
+            (1, "v1"),
+        ]

@@ -420,9 +420,10 @@ def _version_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
         },
         "/api/docs/{doc_id}/versions/{number}/restore": {
             "post": _operation(
-                "Make the document read as this version again, as a new change every "
-                'connected client receives; saved as the named version "restored from '
-                'version N"',
+                'First save the current state as the named version "before restoring '
+                'version N" (restoring that one undoes this), then make the document read '
+                "as this version again, as a new change every connected client receives; "
+                'saved as the named version "restored from version N"',
                 ok=(200, "restored", _json(versions.RestoreResult)),
                 errors=(401, 403, 404, 422),
                 tag="versions",

@@ -1,6 +1,7 @@
 """/api/docs/{id}/versions, /diff and /export: version history, restore, read-only exports.
 
-A version's number is the id of its stored snapshot (see server/persistence/versions.py).
+A version's number counts the document's versions, 1, 2, 3…, and never changes (see
+server/persistence/versions.py).
 "Latest" always means the document as it is now: the live room when it is loaded, else what is
 stored. Reading and rendering run in worker threads, never on the event loop.
 """
@@ -59,10 +60,12 @@ class VersionCreate(BaseModel):
 class DocVersion(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    number: int = Field(description="the version number (unique across documents)")
+    number: int = Field(
+        description="the version number within the document (1, 2, 3…; never reused)"
+    )
     kind: Literal["auto", "named"] = Field(
         description="auto: a compaction snapshot (the newest 10 are kept); named: saved by "
-        "someone or by a restore, kept for good"
+        "someone or by a restore (before and after it), kept for good"
     )
     name: str | None
     created_by: str | None
@@ -83,6 +86,10 @@ class DocVersionDetail(BaseModel):
 
 class RestoreResult(BaseModel):
     restored_from: int
+    saved_before: DocVersion = Field(
+        description='the named version "before restoring version N": what the restore '
+        "replaced; restore it to undo the restore"
+    )
     version: DocVersion = Field(description='the named version "restored from version N"')
 
 
@@ -211,7 +218,8 @@ async def get_version(request: Request) -> Response:
 
 async def restore_version(request: Request) -> Response:
     """Make the document read as version N again, as a new change that every connected
-    client receives; saved as the named version "restored from version N"."""
+    client receives. What it replaced is saved as the named version "before restoring version
+    N" (restoring that one undoes the restore), the result as "restored from version N"."""
     doc_id = _doc_id(request)
     user = writer(request, doc_id).user
     number: int = request.path_params["number"]
@@ -237,7 +245,13 @@ async def restore_version(request: Request) -> Response:
             raise
         # It may have failed before the restore or after it (saving the named version).
         raise ApiError(503, _RESTORE_UNKNOWN, headers=RETRY_AFTER) from None
-    return JSONResponse({"restored_from": number, "version": version_json(saved)})
+    return JSONResponse(
+        {
+            "restored_from": number,
+            "saved_before": version_json(saved.before),
+            "version": version_json(saved.restored),
+        }
+    )
 
 
 def _summarize(

@@ -2,7 +2,7 @@
 
     engine = await open_database(url)
     exported = await export_one(engine, "campaign-plan", "md")            # the newest state
-    exported = await export_one(engine, "campaign-plan", "md", version=7)  # a stored snapshot
+    exported = await export_one(engine, "campaign-plan", "md", version=7)  # its 7th version
     entries = await folder_documents(engine, "双十一大促 2026")              # a folder's tree
 
 The newest state is what the update log has committed; with a server running that is at most
@@ -104,7 +104,7 @@ async def _snapshot_state(engine: AsyncEngine, doc_id: str, version: int) -> byt
         row = (
             await conn.execute(
                 select(snapshots.c.state).where(
-                    snapshots.c.id == version, snapshots.c.doc_id == doc_id
+                    snapshots.c.number == version, snapshots.c.doc_id == doc_id
                 )
             )
         ).first()
@@ -116,7 +116,7 @@ async def _snapshot_state(engine: AsyncEngine, doc_id: str, version: int) -> byt
 async def export_one(
     engine: AsyncEngine, doc_id: str, fmt: Format, *, version: int | None = None
 ) -> Exported:
-    """Export one live document (its newest state, or snapshot `version`)."""
+    """Export one live document (its newest state, or its version number `version`)."""
     async with engine.connect() as conn:
         row = await workspace.get_document(conn, doc_id)
     if row is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import delete, event, insert, select, text, update
+from sqlalchemy import ScalarSelect, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -31,6 +31,32 @@ TOUCH_SECONDS = 5.0
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def next_version_number(doc_id: str) -> ScalarSelect[Any]:
+    """The number the next version of `doc_id` gets: one above its highest, never reused.
+    Use inside the inserting statement, after `lock_versions` in the same transaction."""
+    return (
+        select(func.coalesce(func.max(snapshots.c.number), 0) + 1)
+        .where(snapshots.c.doc_id == doc_id)
+        .scalar_subquery()
+    )
+
+
+async def lock_versions(conn: AsyncConnection, doc_id: str) -> None:
+    """Serialize the transactions that add versions to `doc_id` until this one ends.
+
+    PostgreSQL: the document row is locked, so a concurrent insert waits and then reads the
+    number this one took. SQLite has one writer at a time and the insert computes its number
+    in the same statement, so nothing is needed there (a read first would only risk a busy
+    upgrade). The unique index on (doc_id, number) backs both up.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            # NO KEY UPDATE: the lock compaction's own UPDATE of the row takes anyway; it does
+            # not hold up the update-log inserts that reference the row.
+            select(documents.c.id).where(documents.c.id == doc_id).with_for_update(key_share=True)
+        )
 
 
 # The synchronous level each SQLite engine was made with, so that a SqlStore built on the
@@ -153,9 +179,11 @@ class SqlStore:
         merged_seqs: Sequence[int],
     ) -> int:
         async with self.engine.begin() as conn:
+            await lock_versions(conn, doc_id)
             result = await conn.execute(
                 insert(snapshots).values(
                     doc_id=doc_id,
+                    number=next_version_number(doc_id),
                     upto_seq=max(merged_seqs, default=0),
                     state=state,
                     state_vector=state_vector,

@@ -117,7 +117,11 @@ snapshots = Table(
     Column("name", String(200), nullable=True),
     Column("created_by", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The version number within the document (1, 2, 3…), assigned at insert and never reused
+    # (migration 0004); unique per document, so two concurrent inserts cannot share one.
+    Column("number", Integer, nullable=False),
     Index("ix_snapshots_doc_id_id", "doc_id", "id"),
+    Index("uq_snapshots_doc_id_number", "doc_id", "number", unique=True),
 )
 
 files = Table(

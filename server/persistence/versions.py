@@ -3,10 +3,11 @@
 A version is a row of `snapshots` holding the document's whole state: kind "auto" rows are
 written by compaction (the newest `KEEP_AUTO_SNAPSHOTS` are kept), kind "named" rows by
 `create_version` (a person saving a version, or a restore recording itself); compaction never
-removes named rows. A version's number is its row id: numbers grow with time but are shared by
-all documents, so one document's numbers have gaps.
+removes named rows. A version's number is counted per document (1, 2, 3…), stored in the row
+when it is inserted and never reused: pruning automatic snapshots leaves gaps, never renumbers.
 
-Restoring never rewrites history: the live document is edited, through its room, until it
+Restoring never rewrites history: the state it replaces is first saved as a named version
+"before restoring version N", then the live document is edited, through its room, until it
 reads exactly as the old version (shared.mirror), so connected clients receive the restore as
 an ordinary change and converge to it; the restore is then saved as a named version of its own.
 
@@ -26,15 +27,15 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from pycrdt import Doc, Map
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.origin import Origin
 from server.persistence import workspace
 from server.persistence.compaction import build_snapshot
-from server.persistence.sql import now
+from server.persistence.sql import lock_versions, next_version_number, now
 from server.persistence.store import Store, StoredDoc
-from server.persistence.tables import snapshots
+from server.persistence.tables import documents, snapshots, updates
 from server.persistence.writer import Writer
 from shared.board import Board, Task, read_board
 from shared.discussion import Discussion, Message, read_discussion
@@ -45,6 +46,7 @@ from shared.richtext import TextDocument, plain_text, read_doc
 __all__ = [
     "LiveDocuments",
     "RestoreFailed",
+    "Restored",
     "Version",
     "VersionNotFound",
     "create_version",
@@ -66,7 +68,7 @@ FLUSH_TIMEOUT = 10.0
 _RESTORE_ATTEMPTS = 3
 _BIG_STATE = 256 * 1024  # merge stored rows in a worker thread above this size
 _COLUMNS = (
-    snapshots.c.id,
+    snapshots.c.number,
     snapshots.c.doc_id,
     snapshots.c.kind,
     snapshots.c.name,
@@ -108,6 +110,14 @@ class RestoreFailed(RuntimeError):
     """The restore edit failed part-way; what it changed was propagated like any edit."""
 
 
+@dataclass(frozen=True, slots=True)
+class Restored:
+    before: Version
+    """The named version "before restoring version N": the state the restore replaced."""
+    restored: Version
+    """The named version "restored from version N": the state the restore made."""
+
+
 class LiveRoom(Protocol):
     @property
     def doc(self) -> Doc[Any]: ...
@@ -136,7 +146,7 @@ def _utc(value: datetime) -> datetime:
 
 def _version(row: Any) -> Version:
     return Version(
-        number=int(row.id),
+        number=int(row.number),
         doc_id=row.doc_id,
         kind=row.kind,
         name=row.name,
@@ -156,7 +166,7 @@ async def list_versions(engine: AsyncEngine, doc_id: str) -> list[Version]:
             await conn.execute(
                 select(*_COLUMNS)
                 .where(snapshots.c.doc_id == doc_id)
-                .order_by(snapshots.c.id.desc())
+                .order_by(snapshots.c.number.desc())
             )
         ).all()
     return [_version(row) for row in rows]
@@ -166,7 +176,7 @@ async def get_version(engine: AsyncEngine, doc_id: str, number: int) -> Version 
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                select(*_COLUMNS).where(snapshots.c.doc_id == doc_id, snapshots.c.id == number)
+                select(*_COLUMNS).where(snapshots.c.doc_id == doc_id, snapshots.c.number == number)
             )
         ).first()
     return _version(row) if row is not None else None
@@ -178,7 +188,7 @@ async def version_state(engine: AsyncEngine, doc_id: str, number: int) -> tuple[
         row = (
             await conn.execute(
                 select(*_COLUMNS, snapshots.c.state).where(
-                    snapshots.c.doc_id == doc_id, snapshots.c.id == number
+                    snapshots.c.doc_id == doc_id, snapshots.c.number == number
                 )
             )
         ).first()
@@ -200,7 +210,7 @@ async def version_at(engine: AsyncEngine, doc_id: str, when: datetime) -> Versio
             await conn.execute(
                 select(*_COLUMNS)
                 .where(snapshots.c.doc_id == doc_id, snapshots.c.created_at <= moment)
-                .order_by(snapshots.c.created_at.desc(), snapshots.c.id.desc())
+                .order_by(snapshots.c.created_at.desc(), snapshots.c.number.desc())
                 .limit(1)
             )
         ).first()
@@ -266,11 +276,13 @@ async def _insert_version(
     name: str | None,
     created_by: str | None,
 ) -> Version:
+    await lock_versions(conn, doc_id)
     row = (
         await conn.execute(
             insert(snapshots)
             .values(
                 doc_id=doc_id,
+                number=next_version_number(doc_id),
                 upto_seq=upto_seq,
                 state=state,
                 state_vector=state_vector,
@@ -332,6 +344,43 @@ async def create_version(
         )
 
 
+async def _stored_upto(engine: AsyncEngine, doc_id: str) -> int:
+    """The highest update-log entry stored for `doc_id` (the base snapshot's when none)."""
+    async with engine.connect() as conn:
+        top = (
+            await conn.execute(select(func.max(updates.c.seq)).where(updates.c.doc_id == doc_id))
+        ).scalar()
+        if top is not None:
+            return int(top)
+        base = await conn.execute(
+            select(snapshots.c.upto_seq)
+            .select_from(documents.join(snapshots, snapshots.c.id == documents.c.snapshot_id))
+            .where(documents.c.id == doc_id)
+        )
+        return int(base.scalar() or 0)
+
+
+def _state_vector(state: bytes) -> bytes:
+    return bytes(doc_from_state(state).get_state())
+
+
+async def _save_before(
+    engine: AsyncEngine, doc_id: str, state: bytes, upto: int, number: int, user: str | None
+) -> Version:
+    """Save `state`, what the document held just before restoring version `number`."""
+    vector = await asyncio.to_thread(_state_vector, state)
+    async with engine.begin() as conn:
+        return await _insert_version(
+            conn,
+            doc_id,
+            state=state,
+            state_vector=vector,
+            upto_seq=upto,
+            name=f"before restoring version {number}",
+            created_by=user,
+        )
+
+
 def _meta_title(doc: Doc[Any]) -> str | None:
     if "meta" not in doc.keys():
         return None
@@ -381,9 +430,11 @@ async def restore_version(
     *,
     user: str | None,
     flush_timeout: float = FLUSH_TIMEOUT,
-) -> Version:
+) -> Restored:
     """Make the document read exactly as version `number`, as a new change, and save that as a
-    named version "restored from version N", which is returned.
+    named version "restored from version N". The state it replaced, exactly as the room held
+    it when the change was applied, is saved first as the named version "before restoring
+    version N", so restoring that one undoes the restore. Both versions are returned.
 
     The change is a server-side edit of the live room by ("rest", user): every connected client
     receives it and converges to the old content; nothing stored is rewritten or deleted, so
@@ -399,6 +450,10 @@ async def restore_version(
     old = await asyncio.to_thread(doc_from_state, state)
     origin = Origin("rest", user)
     async with live.use(doc_id) as room:
+        # Stored rows then cover at least what the room holds now: the "before" version's
+        # upto_seq (edits arriving meanwhile are in its state, not counted in upto_seq).
+        await live.writer.flush(doc_id, timeout=flush_timeout)
+        upto = await _stored_upto(engine, doc_id)
         for _ in range(_RESTORE_ATTEMPTS):
             # The work is done off the event loop, on a copy; its update is applied to the room
             # only if nobody changed the document meanwhile, so the result is exact.
@@ -419,16 +474,20 @@ async def restore_version(
                 break
         else:
             # A document edited without pause: change it in place, on the loop.
+            base = bytes(room.doc.get_update())
             failure = room.edit(origin, partial(_mirror_in_place, old, number))
             if failure is not None:
+                # Part of it may be applied: keep what it replaced all the same.
+                await _save_before(engine, doc_id, base, upto, number, user)
                 raise failure
+    before = await _save_before(engine, doc_id, base, upto, number, user)
     title = call_with_deep_stack(lambda: _meta_title(old))
     if title is not None:
         async with engine.begin() as conn:
             row = await workspace.get_document(conn, doc_id)
             if row is not None and row.title != title:
                 await workspace.update_document(conn, doc_id, {"title": title}, updated_by=user)
-    return await create_version(
+    restored = await create_version(
         engine,
         store,
         live.writer,
@@ -437,6 +496,7 @@ async def restore_version(
         created_by=user,
         flush_timeout=flush_timeout,
     )
+    return Restored(before, restored)
 
 
 # --- what changed between two versions ------------------------------------------------------
