@@ -176,8 +176,9 @@ class WireProtocol(WebSocketsSansIOProtocol):
             if self._linger_left < 0:
                 self.transport.close()
                 return
-        if self._held:  # paced: new bytes queue behind the frames waiting (not expected)
-            self._held += data
+        if self._held:  # paced: new bytes queue behind the frames waiting
+            if not self.close_sent:  # once closing, they are read only to be dropped
+                self._held += data
             return
         if self._partial:  # the start of a frame the last read ended in
             data = self._partial + data
@@ -372,6 +373,10 @@ class WireProtocol(WebSocketsSansIOProtocol):
         if transport.is_closing():
             return
         transport.pause_reading()
+        # Marked as uvicorn's own pause, so that a close the session sends meanwhile resumes
+        # reading (uvicorn does that to read the client's answer): otherwise the client's
+        # unread frames would make the kernel reset the connection and lose the close frame.
+        self.read_paused = True
         # The wait of a chunk's last frame covers the frames before it: keep the latest.
         self._resume_at = self.loop.time() + seconds
         if self._throttle is None:
@@ -390,9 +395,8 @@ class WireProtocol(WebSocketsSansIOProtocol):
             self.data_received(held)  # may pace again, and hold what is left again
             if self._throttle is not None:
                 return
-        # uvicorn pauses reading too, while an ASGI event waits for the app: leave that be.
-        if not self.read_paused:
-            self.transport.resume_reading()
+        self.read_paused = False
+        self.transport.resume_reading()
 
     def backlogged(self) -> bool:
         """Whether the transport holds bytes it has not written (it reported a pause)."""
