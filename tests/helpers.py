@@ -9,7 +9,10 @@ from typing import Any
 
 import httpx
 from conftest import ServerProcess
+from pycrdt import Doc, Text
 from sqlalchemy import text
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from server.persistence.sql import create_engine
 
@@ -68,3 +71,30 @@ class Silent:
 
     def abort(self) -> None:
         pass
+
+
+def small_updates(n: int, client_id: int = 7) -> list[bytes]:
+    """The updates of typing n characters into the text "text", one at a time."""
+    doc: Doc[Any] = Doc(client_id=client_id)
+    out: list[bytes] = []
+    doc.observe(lambda event: out.append(event.update))
+    text = doc.get("text", type=Text)
+    for i in range(n):
+        text += f"{i % 10}"
+    return out
+
+
+async def close_of(
+    url: str, *, send: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int | None, str]:
+    """Open a WebSocket, optionally send a frame, and wait for the server to close it."""
+    async with connect(url, open_timeout=10, additional_headers=headers) as ws:
+        if send is not None:
+            await ws.send(send)
+        try:
+            async with asyncio.timeout(10):
+                async for _ in ws:
+                    pass
+        except ConnectionClosed:
+            pass
+        return ws.close_code, ws.close_reason or ""

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from alembic import command
 from conftest import ServerFactory, ServerProcess
-from helpers import api, assert_error, query, wait_until
+from helpers import api, assert_error, close_of, query, wait_until
 from pycrdt import Array, Map, Text, XmlFragment
 from sqlalchemy import text
 from websockets.asyncio.client import connect
@@ -209,20 +209,6 @@ async def test_update_move_and_soft_delete(database_url: str, make_server: Serve
             d=doc_id,
         )
         assert stored == [(True,)]
-
-
-async def close_of(url: str, *, send: bytes | None = None) -> tuple[int | None, str]:
-    """Open a WebSocket, optionally send a frame, and wait for the server to close it."""
-    async with connect(url, open_timeout=10) as ws:
-        if send is not None:
-            await ws.send(send)
-        try:
-            async with asyncio.timeout(10):
-                async for _ in ws:
-                    pass
-        except ConnectionClosed:
-            pass
-        return ws.close_code, ws.close_reason or ""
 
 
 async def test_deleting_a_document_closes_its_connections_and_refuses_new_ones(

@@ -21,10 +21,9 @@ from urllib.parse import quote, unquote
 import httpx
 import pytest
 from conftest import ServerFactory, ServerProcess
+from helpers import close_of
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from server.auth import AuthError, Principal, authenticate, issue_token
 
@@ -244,17 +243,6 @@ def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
 
-async def ws_close_code(url: str, headers: dict[str, str] | None = None) -> int | None:
-    async with connect(url, open_timeout=10, additional_headers=headers) as ws:
-        try:
-            async with asyncio.timeout(10):
-                async for _ in ws:
-                    pass
-        except ConnectionClosed:
-            pass
-        return ws.close_code
-
-
 def assert_401(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.json()["error"]["status"] == 401
@@ -291,7 +279,7 @@ async def test_malformed_query_tokens_get_4401_and_401(make_server: ServerFactor
     sent: list[str] = []
 
     async def probe(value: str) -> None:
-        code = await ws_close_code(f"{server.ws_url}/doc-1?token={value}")
+        code, _ = await close_of(f"{server.ws_url}/doc-1?token={value}")
         assert code == 4401, value
         async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
             assert_401(await http.get(f"/api/docs?token={value}"))
@@ -324,8 +312,8 @@ async def test_malformed_bearer_headers_get_4401_and_401(make_server: ServerFact
     async def probe(raw: bytes) -> None:
         value = (b"Bearer " + raw).rstrip(b" \t")  # a header value ends in a visible byte
         # websockets writes header values as latin-1, so each str char is one raw byte.
-        code = await ws_close_code(
-            f"{server.ws_url}/doc-1", {"Authorization": value.decode("latin-1")}
+        code, _ = await close_of(
+            f"{server.ws_url}/doc-1", headers={"Authorization": value.decode("latin-1")}
         )
         assert code == 4401, raw
         async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from helpers import Silent
+from helpers import Silent, small_updates
 from prometheus_client import REGISTRY
-from pycrdt import Doc, Map, Text, TransactionEvent
+from pycrdt import Doc, Map, Text
 
 from server.origin import Origin
 from server.persistence.memory import MemoryStore
@@ -20,20 +20,6 @@ from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 
 WS = Origin("ws", "ana")
-
-
-def small_updates(n: int) -> list[bytes]:
-    doc: Doc[Any] = Doc(client_id=7)
-    out: list[bytes] = []
-
-    def keep(event: TransactionEvent) -> None:
-        out.append(event.update)
-
-    doc.observe(keep)
-    text = doc.get("text", type=Text)
-    for i in range(n):
-        text += f"{i % 10}"
-    return out
 
 
 def text_of(state: bytes) -> str:

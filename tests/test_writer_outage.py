@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from conftest import upgrade_schema
-from helpers import Silent
-from pycrdt import Doc, Text, TransactionEvent
+from helpers import Silent, small_updates
+from pycrdt import Doc, Text
 from sqlalchemy import text
 
 from server.origin import Origin
@@ -72,21 +72,6 @@ async def committing(writer: Writer) -> AsyncIterator[Writer]:
             await task
 
 
-def typed(n: int, client_id: int = 7) -> list[bytes]:
-    """The updates of typing n characters, one at a time."""
-    doc: Doc[Any] = Doc(client_id=client_id)
-    out: list[bytes] = []
-
-    def keep(event: TransactionEvent) -> None:
-        out.append(event.update)
-
-    doc.observe(keep)
-    t = doc.get("text", type=Text)
-    for i in range(n):
-        t += f"{i % 10}"
-    return out
-
-
 def text_of(stored: StoredDoc) -> str:
     doc: Doc[Any] = Doc()
     state = stored.merged()
@@ -119,7 +104,7 @@ async def test_an_outage_keeps_updates_in_order_logs_once_and_stores_them_when_i
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="tandem.persistence")
-    updates = typed(40)
+    updates = small_updates(40)
     async with sqlite_store(tmp_path) as (store, outage, url):
         writer = Writer(store, delay=0.01)
         async with committing(writer):
@@ -184,7 +169,7 @@ async def test_a_commit_whose_answer_was_lost_is_not_stored_twice(database_url: 
     await upgrade_schema(database_url)
     store = LostAnswer(SqlStore(create_engine(database_url)))
     writer = Writer(store, delay=0.01)
-    updates = typed(5)
+    updates = small_updates(5)
     try:
         async with committing(writer):
             for update in updates:
@@ -267,7 +252,7 @@ async def test_without_a_bound_nothing_is_refused(tmp_path: Path) -> None:
             typist = Peer(Silent(), user="ana")
             room.join(typist)
             outage.start()
-            for update in typed(200):
+            for update in small_updates(200):
                 room.receive(typist, frame_of(update))
             assert writer.uncommitted() == 200 and writer.full(10**9) is False
             outage.end()
