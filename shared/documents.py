@@ -29,7 +29,12 @@ from typing import Any, Literal, TypeAlias, TypeVar
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 Kind = Literal["board", "doc", "discussion"]
+"""The kinds a document is created as; each has a schema and a reader of its own."""
 KINDS: tuple[Kind, ...] = ("board", "doc", "discussion")
+AnyKind = Literal["board", "doc", "discussion", "raw"]
+"""A kind, or `raw`: a document of any other shape, written by some Yjs application, read
+generically (every root as JSON; see shared/raw.py)."""
+ANY_KINDS: tuple[AnyKind, ...] = ("board", "doc", "discussion", "raw")
 SCHEMA_VERSION = 1
 
 MAX_DEPTH = 64
@@ -68,6 +73,14 @@ def initialize(
         meta["subject_doc"] = None
         meta["subject_task"] = None
         doc.get("messages", type=Array)
+
+
+def known_kind(value: object) -> Kind | None:
+    """`value` when it names one of KINDS, else None (a recorded kind, `raw` or null)."""
+    for kind in KINDS:
+        if value == kind:
+            return kind
+    return None
 
 
 def detect_kind(doc: Doc[Any]) -> Kind | None:

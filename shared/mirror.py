@@ -38,8 +38,9 @@ from typing import Any
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from shared.documents import sequence_items
+from shared.roots import root_shapes
 
-__all__ = ["MAX_NESTING", "TooDeep", "mirror_document", "root_shapes", "same_content"]
+__all__ = ["MAX_NESTING", "TooDeep", "mirror_document", "same_content"]
 
 MAX_NESTING = 200
 """Shared types nested deeper than this are not restored (no real document comes near it)."""
@@ -50,39 +51,6 @@ _MISSING = object()
 
 class TooDeep(ValueError):
     """The source document nests shared types deeper than MAX_NESTING; nothing was changed."""
-
-
-# --- roots ----------------------------------------------------------------------------------
-
-
-def root_shapes(doc: Doc[Any]) -> dict[str, tuple[bool, type[Any] | None]]:
-    """For each root with content: (has keyed entries, sequence type or None).
-
-    The sequence type is Text, XmlFragment or Array. Reading a root through several views
-    re-types it, so call this on a private copy of a live document.
-    """
-    shapes: dict[str, tuple[bool, type[Any] | None]] = {}
-    for name in sorted(doc.keys()):
-        keyed = len(doc.get(name, type=Map)) > 0
-        sequence = _sequence_type(doc, name)
-        if keyed or sequence is not None:
-            shapes[name] = (keyed, sequence)
-    return shapes
-
-
-def _sequence_type(doc: Doc[Any], name: str) -> type[Any] | None:
-    # A Text view lists strings (only a Text or XmlText holds them), formatting, embeds and
-    # shared types, but no plain Array items; an Array view lists every item.
-    chunks = doc.get(name, type=Text).diff()
-    for value, attrs in chunks:
-        if attrs or isinstance(value, str) or not isinstance(value, _SHARED):
-            return Text
-    items = sequence_items(doc.get(name, type=Array))
-    if not items:
-        return None
-    if all(isinstance(item, XmlElement | XmlText) for item in items):
-        return XmlFragment
-    return Array
 
 
 def mirror_document(target: Doc[Any], source: Doc[Any]) -> None:

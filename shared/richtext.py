@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pycrdt import Array, Doc, Map, XmlElement, XmlFragment, XmlText
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from shared.documents import (
     MAX_DEPTH,
@@ -40,6 +40,7 @@ from shared.documents import (
     read_root,
     to_plain,
 )
+from shared.roots import private_copy, root_shape
 from shared.schema import KNOWN_MARKS, KNOWN_NODES
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "set_content",
     "set_meta",
     "set_text",
+    "text_marks",
+    "text_paragraphs",
 ]
 
 MAX_NODES = 100_000
@@ -420,6 +423,91 @@ def read_richtext(
     return Node("doc", {}, content)
 
 
+def text_marks(attrs: Mapping[str, Any] | None, log: ProblemLog, path: str) -> tuple[Mark, ...]:
+    """The marks of a run of a Y.Text from its formatting attributes, as Quill and other
+    Y.Text editors write them: `bold`, `italic`, `strike`, `underline`, `code` set to true,
+    `link` set to the URL (or to `{"href": ...}`). Other attributes are reported once and
+    ignored."""
+    if not attrs:
+        return ()
+    marks: list[Mark] = []
+    for raw_name, value in attrs.items():
+        if value is None or value is False or not isinstance(raw_name, str):
+            continue
+        name = MARK_ALIASES.get(raw_name, raw_name)
+        if any(m.type == name for m in marks):
+            continue
+        if name == "link":
+            plain, _cut = to_plain(value, max_depth=4)
+            href = plain.get("href") if isinstance(plain, dict) else plain
+            if not isinstance(href, str) or not href:
+                log.add(path, "link without a URL; rendered as text")
+                continue
+            marks.append(Mark("link", {"href": href}))
+        elif name in KNOWN_MARKS:
+            marks.append(Mark(name))
+        else:
+            log.add_once(
+                "text-attribute:" + name,
+                path,
+                f"text attribute {name[:40]!r} is not a known mark; ignored",
+            )
+    rank = {name: i for i, name in enumerate(MARK_ORDER)}
+    marks.sort(key=lambda m: (rank.get(m.type, len(rank)), m.type))
+    return tuple(marks)
+
+
+def text_paragraphs(
+    chunks: Iterable[tuple[Any, Mapping[str, Any] | None]], log: ProblemLog, path: str
+) -> tuple[Node, ...]:
+    """A Y.Text's formatted chunks (`Text.diff()`) as paragraphs, one per line.
+
+    Formatting becomes marks (see `text_marks`); a final newline ends the last line rather
+    than starting an empty one; embeds are reported and skipped. At most MAX_NODES lines are
+    read.
+    """
+    lines: list[list[TextRun]] = [[]]
+    for value, attrs in chunks:
+        if not isinstance(value, str):
+            log.add(path, f"{describe(value)} embedded in text; skipped")
+            continue
+        parts = value.replace("\r\n", "\n").split("\n")
+        marks = text_marks(attrs, log, path) if any(parts) else ()
+        for index, part in enumerate(parts):
+            if index:
+                if len(lines) >= MAX_NODES:
+                    log.add(path, f"more than {MAX_NODES} lines; the rest is skipped")
+                    return tuple(Node("paragraph", {}, tuple(line)) for line in lines)
+                lines.append([])
+            if not part:
+                continue
+            line = lines[-1]
+            if line and line[-1].marks == marks:
+                line[-1] = TextRun(line[-1].text + part, marks)
+            else:
+                line.append(TextRun(part, marks))
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    if lines == [[]]:
+        return ()
+    return tuple(Node("paragraph", {}, tuple(line)) for line in lines)
+
+
+def _text_root(doc: Doc[Any], log: ProblemLog) -> tuple[Node, ...]:
+    """The paragraphs of a `text` root holding a Y.Text (as `doc.getText("text")` writes it).
+
+    Which type the root is can only be seen by viewing it as several, which re-types it: that
+    is done on a private copy, so `doc` (perhaps a live room's) is left as it was.
+    """
+    if "text" not in doc.keys():
+        return ()
+    copy = private_copy(doc)
+    shape = root_shape(copy, "text")
+    if shape is None or shape[1] is not Text:
+        return ()
+    return text_paragraphs(copy.get("text", type=Text).diff(), log, "/text")
+
+
 def _read_meta(doc: Doc[Any], log: ProblemLog) -> DocMeta:
     fields = read_meta(doc, log, "doc")
     if fields is None:
@@ -436,7 +524,10 @@ def _read_meta(doc: Doc[Any], log: ProblemLog) -> DocMeta:
 
 def read_doc(doc: Doc[Any]) -> tuple[TextDocument, list[Problem]]:
     """Read a rich-text document. Never raises because of the document's content (and runs on
-    a deep stack, see shared.documents.call_with_deep_stack)."""
+    a deep stack, see shared.documents.call_with_deep_stack).
+
+    The content is the `default` fragment, followed by the lines of a `text` root when that
+    holds a Y.Text (read from a private copy, so `doc` may be a live room's)."""
     return call_with_deep_stack(lambda: _read_doc(doc))
 
 
@@ -447,12 +538,15 @@ def _read_doc(doc: Doc[Any]) -> tuple[TextDocument, list[Problem]]:
 
         def body() -> Node:
             fragment = read_root(doc, "default", XmlFragment, log)
-            if fragment is None:
-                # An empty root is not sent in updates: no text yet.
-                return Node("doc")
-            return read_richtext(fragment, log)
+            # An empty root is not sent in updates: absent means no text yet.
+            return Node("doc") if fragment is None else read_richtext(fragment, log)
 
         content = guarded(log, "/default", "rich text", body, Node("doc"))
+        # Plain Yjs apps (and the README's example) write a Y.Text `text` root instead.
+        nothing: tuple[Node, ...] = ()
+        extra = guarded(log, "/text", "text", lambda: _text_root(doc, log), nothing)
+        if extra:
+            content = Node("doc", content.attrs, content.content + extra)
     return TextDocument(meta, content), log.problems()
 
 

@@ -31,8 +31,9 @@ from server.persistence.writer import Writer
 from server.rooms.registry import Registry
 from shared import board, discussion, richtext
 from shared.documents import call_with_deep_stack, initialize
-from shared.mirror import MAX_NESTING, TooDeep, mirror_document, root_shapes, same_content
+from shared.mirror import MAX_NESTING, TooDeep, mirror_document, same_content
 from shared.protocol import encode_update
+from shared.roots import root_shapes
 
 PLAN = (
     "# 双十一活动方案 🎉\n\n"

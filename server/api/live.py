@@ -38,7 +38,8 @@ from server.persistence import workspace
 from server.persistence.availability import unreachable
 from server.rooms.registry import LoadFailed
 from server.rooms.room import Room
-from shared.documents import Kind, detect_kind
+from shared.documents import AnyKind, Kind, call_with_deep_stack, detect_kind, known_kind
+from shared.roots import private_copy, recognise_by_content
 
 log = logging.getLogger("tandem.api")
 
@@ -83,15 +84,20 @@ async def open_room(request: Request, doc_id: str) -> AsyncIterator[Room]:
         registry.release(doc_id)
 
 
-def _kind(row: Any, room: Room) -> Kind | None:
-    kind: Kind | None = row.kind if row.kind in ("board", "doc", "discussion") else None
-    return kind or detect_kind(room.doc)
+def _kind(row: Any, room: Room) -> AnyKind:
+    """The recorded kind, else `meta.kind`, else what the content makes it (read on a
+    private copy: looking at roots through several views re-types them)."""
+    kind: Kind | None = known_kind(row.kind) or detect_kind(room.doc)
+    if kind is not None:
+        return kind
+    found: AnyKind = call_with_deep_stack(lambda: recognise_by_content(private_copy(room.doc)))
+    return found
 
 
 def require_kind(row: Any, room: Room, expected: Kind) -> None:
     kind = _kind(row, room)
     if kind != expected:
-        what = f"a {kind}" if kind is not None else "of no known kind"
+        what = "of no known kind (raw)" if kind == "raw" else f"a {kind}"
         raise ApiError(409, f"document {row.id} is {what}, not a {expected}")
 
 
@@ -147,7 +153,7 @@ def json_body(raw: bytes) -> object:
         raise ApiError(422, "body: not valid JSON", field="body") from None
 
 
-def content_json(doc_id: str, kind: Kind, doc: Doc[Any]) -> dict[str, Any]:
+def content_json(doc_id: str, kind: AnyKind, doc: Doc[Any]) -> dict[str, Any]:
     model, problems = read_model(doc, kind)
     return Content.model_validate(
         {
@@ -163,15 +169,13 @@ def content_json(doc_id: str, kind: Kind, doc: Doc[Any]) -> dict[str, Any]:
 
 
 async def get_content(request: Request) -> Response:
-    """The live content of a board, doc or discussion as JSON (its kind's read model)."""
+    """The live content as JSON: a board, doc or discussion as its kind's read model, any other
+    document (`raw`) as the JSON of every root."""
     doc_id: str = request.path_params["doc_id"]
     reader(request, doc_id)
     row = await document(request, doc_id)
     async with open_room(request, doc_id) as room:
-        kind = _kind(row, room)
-        if kind is None:
-            raise ApiError(409, f"document {doc_id} is of no known kind; it has no JSON view")
-        content = content_json(doc_id, kind, room.doc)
+        content = content_json(doc_id, _kind(row, room), room.doc)
     return JSONResponse(content)
 
 

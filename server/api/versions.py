@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -26,11 +27,12 @@ from server.api.errors import RETRY_AFTER, ApiError, parse, parse_body
 from server.api.fields import Timestamp
 from server.export import CONTENT_TYPES, EXTENSIONS, export_document
 from server.export import html as html_export
-from server.persistence import versions
+from server.export.common import Attachment, attachment_from_row
+from server.persistence import versions, workspace
 from server.persistence.availability import unreachable
 from server.persistence.versions import RestoreFailed, VersionNotFound
 from server.rooms.registry import LoadFailed
-from shared.documents import JsonValue, Kind
+from shared.documents import AnyKind, JsonValue
 from shared.mirror import TooDeep
 
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
@@ -194,7 +196,7 @@ async def create_version(request: Request) -> Response:
     return JSONResponse(version_json(saved), 201, headers={"Location": location})
 
 
-def _json_export(state_bytes: bytes, recorded: str | None) -> tuple[dict[str, Any], Kind]:
+def _json_export(state_bytes: bytes, recorded: str | None) -> tuple[dict[str, Any], AnyKind]:
     doc = versions.doc_from_state(state_bytes)
     kind = versions.kind_of(recorded, doc)
     body, _ = export_document(doc, kind, "json")
@@ -256,7 +258,7 @@ async def restore_version(request: Request) -> Response:
 
 def _summarize(
     before: bytes, after: bytes, recorded: str | None
-) -> tuple[Kind, dict[str, JsonValue]]:
+) -> tuple[AnyKind, dict[str, JsonValue]]:
     old = versions.doc_from_state(before)
     new = versions.doc_from_state(after)
     kind = versions.kind_of(recorded, new)
@@ -324,9 +326,15 @@ def _inline(name: str) -> str:
     return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-def _render(state_bytes: bytes, recorded: str | None, fmt: str) -> bytes:
+def _render(
+    state_bytes: bytes,
+    recorded: str | None,
+    fmt: str,
+    attachments: Sequence[Attachment] = (),
+) -> bytes:
     doc = versions.doc_from_state(state_bytes)
-    body, _ = export_document(doc, versions.kind_of(recorded, doc), fmt)
+    kind = versions.kind_of(recorded, doc)
+    body, _ = export_document(doc, kind, fmt, attachments=attachments)
     return body
 
 
@@ -360,7 +368,10 @@ async def export(request: Request) -> Response:
     fmt: Literal["md", "html", "json"] = (
         "html" if query.format == "html" else "json" if query.format == "json" else "md"
     )
-    body = await asyncio.to_thread(_render, content, recorded, fmt)
+    # The files attached now, for a version as well: attachments have no history.
+    async with engine.connect() as conn:
+        attached = [attachment_from_row(r) for r in await workspace.list_attachments(conn, doc_id)]
+    body = await asyncio.to_thread(_render, content, recorded, fmt, attached)
     headers = {
         "Content-Disposition": _inline(_filename(title, doc_id, number, EXTENSIONS[fmt])),
         "X-Content-Type-Options": "nosniff",
@@ -370,8 +381,9 @@ async def export(request: Request) -> Response:
         headers["X-Tandem-Version"] = str(number)
     if fmt == "html":
         # The page carries the same policy in a meta tag; the header also covers a browser
-        # that renders it from a download. No scripts, no remote loads but images.
-        headers["Content-Security-Policy"] = f"{html_export.CSP}; sandbox"
+        # that renders it from a download. No scripts, no remote loads but images; downloads
+        # allowed, or a sandboxed page could not follow its attachments' links.
+        headers["Content-Security-Policy"] = f"{html_export.CSP}; sandbox allow-downloads"
     return Response(body, headers=headers, media_type=CONTENT_TYPES[fmt])
 
 

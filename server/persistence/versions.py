@@ -39,9 +39,11 @@ from server.persistence.tables import documents, snapshots, updates
 from server.persistence.writer import Writer
 from shared.board import Board, Task, read_board
 from shared.discussion import Discussion, Message, read_discussion
-from shared.documents import KINDS, JsonValue, Kind, call_with_deep_stack, detect_kind
+from shared.documents import AnyKind, JsonValue, call_with_deep_stack, known_kind
 from shared.mirror import TooDeep, mirror_document
+from shared.raw import RawDocument, read_raw
 from shared.richtext import TextDocument, plain_text, read_doc
+from shared.roots import private_copy, recognise
 
 __all__ = [
     "LiveDocuments",
@@ -246,21 +248,15 @@ def doc_from_state(state: bytes) -> Doc[Any]:
     return doc
 
 
-def kind_of(recorded: str | None, doc: Doc[Any]) -> Kind:
-    """The kind to read `doc` as: the one recorded in the workspace, else `meta.kind`, else
-    guessed from the roots (`tasks`: board, `messages`: discussion, otherwise doc)."""
-    for kind in KINDS:
-        if recorded == kind:
-            return kind
-    detected = detect_kind(doc)
-    if detected is not None:
-        return detected
-    roots = set(doc.keys())
-    if "tasks" in roots:
-        return "board"
-    if "messages" in roots:
-        return "discussion"
-    return "doc"
+def kind_of(recorded: str | None, doc: Doc[Any]) -> AnyKind:
+    """The kind to read the private document `doc` as: the one recorded in the workspace,
+    else `meta.kind`, else what its roots make it (shared.roots.recognise; `raw` when
+    nothing fits)."""
+    recorded_kind = known_kind(recorded)
+    if recorded_kind is not None:
+        return recorded_kind
+    kind: AnyKind = call_with_deep_stack(lambda: recognise(doc))
+    return kind
 
 
 # --- writing the history --------------------------------------------------------------------
@@ -628,17 +624,37 @@ def _discussion_changes(before: Discussion, after: Discussion) -> dict[str, Json
     }
 
 
-def summarize_changes(kind: Kind, before: Doc[Any], after: Doc[Any]) -> dict[str, JsonValue]:
+def _raw_changes(before: RawDocument, after: RawDocument) -> dict[str, JsonValue]:
+    old, new = before.roots, after.roots
+    added: list[JsonValue] = [name for name in new if name not in old]
+    removed: list[JsonValue] = [name for name in old if name not in new]
+    changed: list[JsonValue] = [name for name in new if name in old and old[name] != new[name]]
+    counts = [(len(added), "added"), (len(removed), "removed"), (len(changed), "changed")]
+    summary = [f"{n} root{'s' if n != 1 else ''} {what}" for n, what in counts if n]
+    return {
+        "meta_changed": _field_changes(before.meta.to_json(), after.meta.to_json()),
+        "roots_added": added,
+        "roots_removed": removed,
+        "roots_changed": changed,
+        "summary": ", ".join(summary),
+    }
+
+
+def summarize_changes(kind: AnyKind, before: Doc[Any], after: Doc[Any]) -> dict[str, JsonValue]:
     """What changed from `before` to `after`, both read as `kind`, as JSON.
 
     board: `tasks_added`, `tasks_removed` and `tasks_changed` (one entry per task and field:
     `{task_id, title, field, before, after}`); doc: the plain text before and after, the lines
     added and removed and a unified diff; discussion: messages added, edited, deleted (soft),
-    removed and undeleted. Every kind: `meta_changed` (`{field, before, after}`), `changed`
-    and a one-line `summary`. Reads tolerate any content (see shared/ readers).
+    removed and undeleted; raw: the names of the roots added, removed and changed (whose JSON,
+    see shared/raw.py, differs). Every kind: `meta_changed` (`{field, before, after}`),
+    `changed` and a one-line `summary`. Reads tolerate any content (see shared/ readers).
     """
     changes: dict[str, JsonValue]
-    if kind == "board":
+    if kind == "raw":
+        # Reading a raw document re-types its roots: read copies.
+        changes = _raw_changes(read_raw(private_copy(before))[0], read_raw(private_copy(after))[0])
+    elif kind == "board":
         changes = _board_changes(read_board(before)[0], read_board(after)[0])
     elif kind == "doc":
         changes = _text_changes(read_doc(before)[0], read_doc(after)[0])

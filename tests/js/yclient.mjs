@@ -18,6 +18,8 @@ import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 
+import { buildXml } from './pmbuild.mjs'
+
 // stdout is the reply channel: keep any stray library logging off it.
 console.log = console.error
 console.info = console.error
@@ -212,6 +214,28 @@ const commands = {
     if (!Array.isArray(cmd.values)) throw new CommandError('"values" must be an array')
     doc.getArray(str(cmd, 'name', 'array')).push(cmd.values.map(toShared))
     return {}
+  },
+
+  // Appends `values` (JSON) to root array `name` in one transaction, stored as they are.
+  array_push: (cmd) => {
+    if (!Array.isArray(cmd.values)) throw new CommandError('"values" must be an array')
+    const array = doc.getArray(str(cmd, 'name', 'array'))
+    array.push(cmd.values)
+    return { length: array.length }
+  },
+
+  // Appends ProseMirror-JSON-like `nodes` ({type, attrs?, content?}, text nodes {type: "text",
+  // text, marks?: [{type, attrs?}]}) to root fragment `name` in one transaction, stored as
+  // y-prosemirror stores them (see pmbuild.mjs).
+  xml_build: (cmd) => {
+    let fragment
+    try {
+      fragment = buildXml(doc, str(cmd, 'name', 'default'), cmd.nodes)
+    } catch (err) {
+      if (err instanceof TypeError) throw new CommandError(err.message)
+      throw err
+    }
+    return { length: fragment.length }
   },
 
   // The JSON of root map `name` (nested shared types included).
