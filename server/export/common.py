@@ -1,10 +1,13 @@
-"""What the exporters share: cleaning user text, link policy, time and label display."""
+"""What the exporters share: cleaning user text, link policy, time and label display, and
+the files attached to a document."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from shared.documents import Problem, parse_timestamp
 from shared.richtext import Node, TextRun, iter_nodes
@@ -123,3 +126,67 @@ def priority_label(priority: str) -> str:
     labels = PRIORITY_LABELS.get(priority, {})
     en, zh = labels.get("en", priority), labels.get("zh")
     return f"{en} · {zh}" if zh else en
+
+
+# --- attachments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One file version attached to the exported document (to one of its tasks when `task_id`
+    is set). The exports are pure functions of the document, so the caller reads these from
+    the `files` table and passes them in."""
+
+    file_id: int
+    name: str
+    version: int
+    size: int
+    content_type: str
+    task_id: str | None = None
+    uploaded_by: str | None = None
+    uploaded_at: str | None = None
+
+    @property
+    def link(self) -> str:
+        """Where the Tandem server serves this version's bytes: a link relative to the
+        server's address (an export saved to disk resolves it against that server)."""
+        return content_link(self.file_id)
+
+
+def content_link(file_id: int) -> str:
+    return f"/api/files/{file_id}/content"
+
+
+def attachment_from_row(row: Any) -> Attachment:
+    """An `Attachment` from a row of the `files` table."""
+    uploaded_at = row.uploaded_at
+    uploaded: str | None = None
+    if isinstance(uploaded_at, datetime):
+        # SQLite hands back naive datetimes; every stored time is UTC.
+        if uploaded_at.tzinfo is None:
+            uploaded_at = uploaded_at.replace(tzinfo=UTC)
+        uploaded = uploaded_at.isoformat()
+    elif uploaded_at is not None:
+        uploaded = str(uploaded_at)
+    return Attachment(
+        file_id=int(row.id),
+        name=str(row.name),
+        version=int(row.version),
+        size=int(row.size),
+        content_type=str(row.content_type),
+        task_id=row.attached_task,
+        uploaded_by=row.uploaded_by,
+        uploaded_at=uploaded,
+    )
+
+
+def human_size(size: int) -> str:
+    """A byte count for people: "512 bytes", "1 byte", "1.5 KiB", "20 MiB"."""
+    if size < 1024:
+        return "1 byte" if size == 1 else f"{size} bytes"
+    units = ("KiB", "MiB", "GiB", "TiB")
+    value, index = size / 1024, 0
+    # Rounded to one decimal, 1023.97 would read "1024.0 KiB": move up a unit first.
+    while round(value, 1) >= 1024 and index < len(units) - 1:
+        value, index = value / 1024, index + 1
+    return f"{value:.1f}".removesuffix(".0") + " " + units[index]

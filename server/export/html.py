@@ -12,8 +12,10 @@ from collections.abc import Iterable, Sequence
 from html import escape as _escape
 
 from server.export.common import (
+    Attachment,
     clean,
     display_time,
+    human_size,
     one_line,
     priority_label,
     safe_href,
@@ -332,7 +334,42 @@ def _task(task: Task) -> str:
     return "\n".join(parts)
 
 
-def board(model: Board, problems: Sequence[Problem]) -> bytes:
+LINK_NOTE = "Download links are relative to the Tandem server that stores the files."
+
+
+def attachments_section(model: Board, attachments: Sequence[Attachment]) -> str:
+    """The files attached to the board and its tasks, each a link to its bytes. The links are
+    relative (same-server navigations), which the page's policy allows: CSP does not govern
+    following a link."""
+    if not attachments:
+        return ""
+    titles = {task.id: task.title for task in model.tasks}
+    items = []
+    for attachment in attachments:
+        name = esc_line(attachment.name) or "(unnamed)"
+        parts = [
+            f'<a href="{esc(attachment.link)}" rel="noopener noreferrer nofollow">{name}</a>',
+            f"version {attachment.version}",
+            esc(human_size(attachment.size)),
+        ]
+        task_id = attachment.task_id
+        if task_id is not None:
+            title = titles.get(task_id)
+            if title is None:
+                parts.append(f"task <code>{esc_line(task_id)}</code>")
+            else:
+                shown = esc_line(title) if title.strip() else "(untitled)"
+                parts.append(f'task: <a href="#task-{esc(task_id)}">{shown}</a>')
+        items.append("<li>" + " · ".join(parts) + "</li>")
+    return (
+        '<section class="attachments" id="attachments">\n<h2>Attachments</h2>\n'
+        f"<p>{LINK_NOTE}</p>\n<ul>\n" + "\n".join(items) + "\n</ul>\n</section>"
+    )
+
+
+def board(
+    model: Board, problems: Sequence[Problem], *, attachments: Sequence[Attachment] = ()
+) -> bytes:
     title = model.meta.title if model.meta.title.strip() else "Board"
     counts = ", ".join(f"{esc(status_label(s))} {len(model.column(s))}" for s in STATUSES)
     unassigned = sum(1 for t in model.tasks if not t.assignee)
@@ -350,6 +387,7 @@ def board(model: Board, problems: Sequence[Problem]) -> bytes:
             body.append('<p class="empty">No tasks.</p>')
         body.extend(_task(task) for task in tasks)
         body.append("</section>")
+    body.append(attachments_section(model, attachments))
     body.append(problems_section(problems))
     return page(title, body, kind="board")
 

@@ -12,8 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from server.export.common import (
+    Attachment,
     clean,
     display_time,
+    human_size,
     is_punctuation,
     one_line,
     priority_label,
@@ -467,7 +469,35 @@ def _task(task: Task) -> list[str]:
     return _blank_separated(blocks)
 
 
-def board(model: Board, problems: Sequence[Problem]) -> bytes:
+LINK_NOTE = "Download links are relative to the Tandem server that stores the files."
+
+
+def attachments_section(model: Board, attachments: Sequence[Attachment]) -> list[str]:
+    """The files attached to the board and its tasks, each a link to its bytes."""
+    if not attachments:
+        return []
+    titles = {task.id: task.title for task in model.tasks}
+    lines = ["## Attachments", "", LINK_NOTE, ""]
+    for attachment in attachments:
+        name = escape(one_line(attachment.name), line_start=False) or "(unnamed)"
+        parts = [
+            f"[{name}]({_url(attachment.link)})",
+            f"version {attachment.version}",
+            human_size(attachment.size),
+        ]
+        if attachment.task_id is not None:
+            title = titles.get(attachment.task_id)
+            if title is None:
+                parts.append(f"task {code_span(attachment.task_id) or '(blank id)'}")
+            else:
+                parts.append(f"task: {line(title) if title.strip() else '*(untitled)*'}")
+        lines.append("- " + " · ".join(parts))
+    return lines
+
+
+def board(
+    model: Board, problems: Sequence[Problem], *, attachments: Sequence[Attachment] = ()
+) -> bytes:
     title = line(model.meta.title) if model.meta.title.strip() else "Board"
     counts = {status: len(model.column(status)) for status in STATUSES}
     unassigned = sum(1 for t in model.tasks if not t.assignee)
@@ -485,6 +515,7 @@ def board(model: Board, problems: Sequence[Problem]) -> bytes:
             blocks.append(["*No tasks.*"])
         for task in tasks:
             blocks.append(_task(task))
+    blocks.append(attachments_section(model, attachments))
     blocks.append(problems_section(problems))
     return _finish(blocks)
 

@@ -27,10 +27,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.export import EXTENSIONS, Format, export_document
+from server.export.common import attachment_from_row
 from server.persistence import migrate, workspace
 from server.persistence.sql import SqlStore, create_engine
 from server.persistence.tables import snapshots
-from shared.documents import KINDS, Kind, call_with_deep_stack, detect_kind
+from shared.documents import AnyKind, call_with_deep_stack, known_kind
+from shared.roots import recognise
 
 __all__ = [
     "ExportError",
@@ -57,7 +59,7 @@ class ExportError(Exception):
 class Exported:
     doc_id: str
     title: str | None
-    kind: Kind
+    kind: AnyKind
     body: bytes
     content_type: str
 
@@ -116,9 +118,13 @@ async def _snapshot_state(engine: AsyncEngine, doc_id: str, version: int) -> byt
 async def export_one(
     engine: AsyncEngine, doc_id: str, fmt: Format, *, version: int | None = None
 ) -> Exported:
-    """Export one live document (its newest state, or its version number `version`)."""
+    """Export one live document (its newest state, or its version number `version`).
+
+    A board lists the files attached to it now (attachments have no history), with download
+    links relative to the Tandem server."""
     async with engine.connect() as conn:
         row = await workspace.get_document(conn, doc_id)
+        attached = [attachment_from_row(r) for r in await workspace.list_attachments(conn, doc_id)]
     if row is None:
         raise ExportError(f"no document {doc_id}")
     if version is None:
@@ -130,10 +136,11 @@ async def export_one(
         doc = call_with_deep_stack(lambda: _doc_from(state))
     except Exception as exc:
         raise ExportError(f"the stored state of {doc_id} does not decode: {exc}") from None
-    kind: Kind | None = next((k for k in KINDS if k == row.kind), None) or detect_kind(doc)
-    if kind is None:
-        raise ExportError(f"document {doc_id} is of no known kind (board, doc, discussion)")
-    body, content_type = export_document(doc, kind, fmt)
+    recorded = known_kind(row.kind)
+    kind: AnyKind = (
+        recorded if recorded is not None else call_with_deep_stack(lambda: recognise(doc))
+    )
+    body, content_type = export_document(doc, kind, fmt, attachments=attached)
     return Exported(doc_id, row.title, kind, body, content_type)
 
 

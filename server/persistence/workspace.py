@@ -462,3 +462,21 @@ async def blob_in_use(conn: AsyncConnection, blob_key: str) -> bool:
     """Whether any file version stores its content in `blob_key`."""
     found = await conn.execute(select(files.c.id).where(files.c.blob_key == blob_key).limit(1))
     return found.first() is not None
+
+
+async def list_attachments(conn: AsyncConnection, doc_id: str) -> Sequence[Row[Any]]:
+    """Every file version attached to `doc_id` (an older version attached on its own is
+    listed too, not only the newest of each file), by task (the document's own attachments
+    first), then name and version."""
+    stmt = (
+        select(files)
+        .where(files.c.attached_doc == doc_id)
+        .order_by(
+            files.c.attached_task.is_not(None),
+            files.c.attached_task,
+            files.c.name,
+            files.c.version,
+            files.c.id,
+        )
+    )
+    return (await conn.execute(stmt)).all()
