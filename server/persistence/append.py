@@ -31,23 +31,37 @@ from server.persistence.store import UpdateRecord
 
 log = logging.getLogger("tandem.persistence")
 
+Touch = tuple[str, str | None]
+"""A document row to create or touch: (document id, the user whose update it is, or None)."""
+
+# A document's first stored update registers it: a client that opens an unknown id creates
+# a workspace document titled with its id, created by the update's author. Later commits
+# only refresh when (and by whom) it was last changed.
+_UPSERT_DOCUMENT = (
+    "INSERT INTO documents (id, created_at, updated_at, title, created_by, updated_by) "
+    "VALUES ({0}, {1}, {1}, {0}, {2}, {2}) "
+    "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, "
+    "updated_by = COALESCE(excluded.updated_by, documents.updated_by)"
+)
+
 
 class Appender(Protocol):
     async def append(
         self,
         records: Sequence[UpdateRecord],
-        touch: Sequence[str],
+        touch: Sequence[Touch],
         stamp: datetime,
         *,
         key: int | None = None,
         again: bool = False,
     ) -> None:
-        """Insert `records` (tagged with `key`) and create/touch the `touch` document rows,
+        """Insert `records` (tagged with `key`) and create/touch the `touch` document rows
+        (see _UPSERT_DOCUMENT),
         in one transaction; with `again`, nothing if rows tagged `key` are stored already."""
         ...
 
     def append_now(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+        self, records: Sequence[UpdateRecord], touch: Sequence[Touch], stamp: datetime
     ) -> bool:
         """The same, on the spot, if that needs no waiting; False: nothing was written."""
         ...
@@ -125,7 +139,7 @@ class SqliteAppender:
     def _append_waiting(
         self,
         records: Sequence[UpdateRecord],
-        touch: Sequence[str],
+        touch: Sequence[Touch],
         stamp: str,
         key: int | None,
         again: bool,
@@ -139,7 +153,7 @@ class SqliteAppender:
     async def append(
         self,
         records: Sequence[UpdateRecord],
-        touch: Sequence[str],
+        touch: Sequence[Touch],
         stamp: datetime,
         *,
         key: int | None = None,
@@ -155,14 +169,14 @@ class SqliteAppender:
         self._written(records, touch, sum(len(r.data) for r in records))
 
     def append_now(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+        self, records: Sequence[UpdateRecord], touch: Sequence[Touch], stamp: datetime
     ) -> bool:
         return self._now(records, touch, stamp, None, False)
 
     def _now(
         self,
         records: Sequence[UpdateRecord],
-        touch: Sequence[str],
+        touch: Sequence[Touch],
         stamp: datetime,
         key: int | None,
         again: bool,
@@ -180,7 +194,7 @@ class SqliteAppender:
         self._written(records, touch, size)
         return True
 
-    def _written(self, records: Sequence[UpdateRecord], touch: Sequence[str], size: int) -> None:
+    def _written(self, records: Sequence[UpdateRecord], touch: Sequence[Touch], size: int) -> None:
         """Count the log pages a commit wrote, at most; checkpoint after ~1000 of them.
 
         Rows of different documents land on different pages of the (doc_id, seq) index: one
@@ -194,7 +208,7 @@ class SqliteAppender:
     def _append_inline(
         self,
         records: Sequence[UpdateRecord],
-        touch: Sequence[str],
+        touch: Sequence[Touch],
         stamp: str,
         key: int | None = None,
         again: bool = False,
@@ -252,7 +266,7 @@ STORED_ALREADY = "SELECT 1 FROM updates WHERE doc_id = {} AND batch_key = {} LIM
 def _write(
     conn: sqlite3.Connection,
     records: Sequence[UpdateRecord],
-    touch: Sequence[str],
+    touch: Sequence[Touch],
     stamp: str,
     key: int | None = None,
     again: bool = False,
@@ -268,9 +282,8 @@ def _write(
                 return
         if touch:
             conn.executemany(
-                "INSERT INTO documents (id, created_at, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
-                [(doc_id, stamp, stamp) for doc_id in touch],
+                _UPSERT_DOCUMENT.format("?1", "?2", "?3"),
+                [(doc_id, stamp, author) for doc_id, author in touch],
             )
         conn.executemany(
             "INSERT INTO updates (doc_id, data, origin, author, created_at, batch_key) "
@@ -322,7 +335,7 @@ class PostgresAppender:
     async def append(
         self,
         records: Sequence[UpdateRecord],
-        touch: Sequence[str],
+        touch: Sequence[Touch],
         stamp: datetime,
         *,
         key: int | None = None,
@@ -337,9 +350,8 @@ class PostgresAppender:
                         return  # the earlier attempt committed: its answer was lost
                 if touch:
                     await conn.executemany(
-                        "INSERT INTO documents (id, created_at, updated_at) VALUES ($1, $2, $2) "
-                        "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at",
-                        [(doc_id, stamp) for doc_id in touch],
+                        _UPSERT_DOCUMENT.format("$1", "$2", "$3"),
+                        [(doc_id, stamp, author) for doc_id, author in touch],
                     )
                 await conn.executemany(
                     "INSERT INTO updates (doc_id, data, origin, author, created_at, batch_key) "
@@ -352,7 +364,7 @@ class PostgresAppender:
             raise
 
     def append_now(
-        self, records: Sequence[UpdateRecord], touch: Sequence[str], stamp: datetime
+        self, records: Sequence[UpdateRecord], touch: Sequence[Touch], stamp: datetime
     ) -> bool:
         return False  # asyncpg only talks asynchronously
 

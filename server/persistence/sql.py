@@ -13,7 +13,7 @@ from sqlalchemy import ScalarSelect, delete, event, func, insert, select, text, 
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from server.persistence.append import appender_for
+from server.persistence.append import Touch, appender_for
 from server.persistence.sqlite import (
     DEFAULT_SYNCHRONOUS,
     SYNCHRONOUS_LEVELS,
@@ -152,22 +152,21 @@ class SqlStore:
         self._touch(clock, stale)
         return True
 
-    def _stale(self, records: Sequence[UpdateRecord]) -> tuple[float, list[str]]:
-        """The documents whose row is due to be created or touched."""
+    def _stale(self, records: Sequence[UpdateRecord]) -> tuple[float, list[Touch]]:
+        """The documents whose row is due to be created or touched, each with the author of
+        its last update in `records` that has one."""
         clock = time.monotonic()
         touched = self._touched
+        authors: dict[str, str | None] = {}
+        for r in records:
+            if clock - touched.get(r.doc_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
+                if r.author is not None or r.doc_id not in authors:
+                    authors[r.doc_id] = r.author
         # Sorted, so concurrent writers lock document rows in the same order.
-        stale = sorted(
-            {
-                r.doc_id
-                for r in records
-                if clock - touched.get(r.doc_id, -TOUCH_SECONDS) >= TOUCH_SECONDS
-            }
-        )
-        return clock, stale
+        return clock, sorted(authors.items())
 
-    def _touch(self, clock: float, stale: list[str]) -> None:
-        for doc_id in stale:
+    def _touch(self, clock: float, stale: list[Touch]) -> None:
+        for doc_id, _ in stale:
             self._touched[doc_id] = clock
 
     async def replace(
