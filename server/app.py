@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import __version__, apidocs, demo
 from server.api import create_api
 from server.blobs import FileBlobStore
+from server.catalog import Catalog
 from server.persistence import migrate
 from server.persistence.memory import MemoryStore
 from server.persistence.sql import SqlStore, create_engine
@@ -78,6 +79,11 @@ async def _running(
         max_document_bytes=settings.max_document_bytes,
         presence_interval=settings.presence_interval_ms / 1000,
     )
+    # Documents that clients create or rename over the socket: their records follow the
+    # content. With documents in memory there are no rows to keep up to date.
+    catalog = None if settings.in_memory else Catalog(engine, store, registry)
+    if catalog is not None:
+        writer.on_commit = catalog.changed
     blobs = FileBlobStore(settings.blob_dir)
     swept = await asyncio.to_thread(blobs.sweep_stale_uploads)
     if swept:
@@ -99,6 +105,8 @@ async def _running(
     finally:
         await registry.close()
         await writer.close()
+        if catalog is not None:
+            await catalog.close()
         commit_loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await commit_loop

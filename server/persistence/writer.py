@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pycrdt import merge_updates
@@ -109,6 +109,8 @@ class Writer:
         self._refusing = False  # `full` said yes since the last commit
         self._refusal_logged = -float("inf")
         self._attempt_started: float | None = None  # the commit attempt under way
+        # Called with the document id of every committed row (the catalog's hook): keep cheap.
+        self.on_commit: Callable[[str], None] | None = None
         # Read when /metrics is scraped, rather than set on every commit.
         metrics.PERSIST_PENDING.set_function(self.uncommitted)
         metrics.PERSIST_PENDING_BYTES.set_function(self.pending_bytes)
@@ -349,7 +351,10 @@ class Writer:
             self._recovered()
         metrics.PERSIST_SECONDS.observe(time.perf_counter() - started)
         metrics.PERSIST_BATCH_UPDATES.observe(updates)
+        hook = self.on_commit
         for row in rows:
+            if hook is not None:
+                hook(row.doc_id)
             backlog = self._backlog.get(row.doc_id)
             if backlog is not None:
                 backlog[0] += 1
