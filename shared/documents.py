@@ -21,7 +21,7 @@ import base64
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal, TypeAlias, TypeVar
@@ -53,6 +53,7 @@ def initialize(
     title: str,
     department: str | None = None,
     project: str | None = None,
+    tags: Sequence[str] = (),
 ) -> None:
     """Write the initial shape of `kind` into an empty `doc` (call inside a transaction)."""
     if kind not in KINDS:
@@ -63,6 +64,8 @@ def initialize(
     meta["schema"] = SCHEMA_VERSION
     if department is not None:
         meta["department"] = department
+    if tags:
+        meta["tags"] = Array(list(dict.fromkeys(tags)))
     if kind == "board":
         if project is not None:
             meta["project"] = project

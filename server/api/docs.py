@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from pycrdt import Doc, Map
+from pycrdt import Array, Doc, Map
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,7 +40,8 @@ from server.api.folders import require_folder
 from server.origin import Origin
 from server.persistence import workspace
 from server.rooms.registry import LoadFailed
-from shared.documents import Kind, initialize
+from shared.documents import AnyKind, Kind, call_with_deep_stack, initialize
+from shared.roots import private_copy, root_shape
 
 log = logging.getLogger("tandem.api")
 
@@ -75,7 +76,7 @@ class DocUpdate(BaseModel):
 class DocQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Kind | None = None
+    kind: AnyKind | None = None
     folder: int | None = Field(None, description="folder id")
     department: str | None = None
     tag: str | None = None
@@ -89,7 +90,10 @@ class Document(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    kind: str | None  # null: created by a client that opened an unknown id
+    kind: str | None = Field(
+        description="board, doc, discussion, or raw (another application's shape); null "
+        "for a moment after a client creates a document, until its content is recognised"
+    )
     title: str | None
     folder_id: int | None
     department: str | None
@@ -162,7 +166,12 @@ async def create_doc(request: Request) -> Response:
 
     def shape(doc: Doc[Any]) -> None:
         initialize(
-            doc, body.kind, title=body.title, department=body.department, project=body.project
+            doc,
+            body.kind,
+            title=body.title,
+            department=body.department,
+            project=body.project,
+            tags=body.tags,
         )
 
     try:
@@ -220,10 +229,18 @@ async def get_doc(request: Request) -> Response:
 
 
 def _sync_meta(changes: dict[str, Any]) -> Any:
+    """The edit that writes changed title, department and tags into the content's `meta`,
+    where clients read them (and whence the catalog copies client edits back)."""
+
     def sync(doc: Doc[Any]) -> None:
         meta = doc.get("meta", type=Map)
         if "title" in changes and meta.get("title") != changes["title"]:
             meta["title"] = changes["title"]
+        if "tags" in changes:
+            tags = list(changes["tags"] or ())
+            current = meta.get("tags")
+            if not isinstance(current, Array) or current.to_py() != tags:
+                meta["tags"] = Array(tags)
         if "department" in changes:
             department = changes["department"]
             if department is None:
@@ -233,6 +250,15 @@ def _sync_meta(changes: dict[str, Any]) -> Any:
                 meta["department"] = department
 
     return sync
+
+
+def _meta_writable(doc: Doc[Any]) -> bool:
+    """Whether `meta` is a map or absent. Looked at on a copy: in a document some other
+    application wrote, `meta` may be another type, which viewing as a map would re-type."""
+    if "meta" not in doc.keys():
+        return True
+    shape = call_with_deep_stack(lambda: root_shape(private_copy(doc), "meta"))
+    return shape is None or (shape[0] and shape[1] is None)
 
 
 async def update_doc(request: Request) -> Response:
@@ -250,10 +276,11 @@ async def update_doc(request: Request) -> Response:
         row = await workspace.update_document(conn, doc_id, changes, updated_by=user)
     if row is None:
         raise not_found("document", doc_id)
-    if "title" in changes or "department" in changes:
+    if {"title", "department", "tags"} & changes.keys():
         try:
             async with state.registry(request).use(doc_id) as room:
-                room.edit(Origin("rest", user), _sync_meta(changes))
+                if _meta_writable(room.doc):
+                    room.edit(Origin("rest", user), _sync_meta(changes))
         except LoadFailed:
             raise ApiError(503, "saved, but the document could not be loaded to show it") from None
         except Exception as exc:  # a client made `meta` something other than a map
