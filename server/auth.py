@@ -1,7 +1,9 @@
-"""Access tokens: signed claims of a user, optionally one document and read-only access.
+"""Tandem's own access tokens: JSON Web Tokens signed with HS256 and the configured secret.
 
-A token is `base64url(json claims) "." base64url(HMAC-SHA256(secret, claims))`. Without a
-configured secret there is no sign-in: every caller is the local user with full access.
+A token's claims are `sub` (the user), `iat`, `jti` (an id of the token), `iss` = "tandem",
+and optionally `exp`, `doc` (the one document it opens) and `ro` (read-only, only when true).
+Tokens from an external identity provider are checked in server/idp.py; server/signin.py
+decides which of the two checks a token.
 
 A token arrives as whatever text a client sent, so verification is total: any string that is
 not an authentic, well-formed, unexpired token is an `AuthError` with code 4401, never another
@@ -10,21 +12,29 @@ exception (which would become an internal error instead of a refusal).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import math
 import re
+import secrets
 import time
+import warnings
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, Literal, TypeGuard
+
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
 LOCAL_USER = "local"
-# Far above any token `issue_token` makes; a longer one is refused before it is hashed.
+ISSUER = "tandem"
+ALGORITHM = "HS256"
+# Far above any token `issue_token` makes; a longer one is refused before it is parsed.
 MAX_TOKEN_CHARS = 8192
-# Unpadded base64url, the only alphabet of both parts of a token.
-_PART = re.compile(r"[A-Za-z0-9_-]+")
+# Compact JWS: three parts of unpadded base64url (the signature of alg "none" is empty).
+# Anything else is refused before PyJWT sees it: it encodes the text as UTF-8, which raises
+# on a lone surrogate instead of refusing.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+# PyJWT warns on every token signed or checked with a secret under 32 bytes; the server says
+# so once at start-up instead (signin.Authenticator), in its own log.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning, message="The HMAC key")
 
 
 class AuthError(Exception):
@@ -39,21 +49,15 @@ class Principal:
     user: str
     doc: str | None = None  # None: every document
     read_only: bool = False
+    token_id: str | None = None  # the token's `jti`, when it has one
+    source: Literal["tandem", "idp"] = "tandem"  # who signed the token
+    # A share link's token (server/api/share.py): its one document's content, read-only,
+    # and its exports when `export`; never anything else, whatever the access rules say.
+    share: bool = False
+    export: bool = False
 
     def may_open(self, doc_id: str) -> bool:
         return self.doc is None or self.doc == doc_id
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(secret: str, body: str) -> str:
-    return _b64(hmac.new(secret.encode(), body.encode("ascii"), hashlib.sha256).digest())
 
 
 def issue_token(
@@ -64,68 +68,112 @@ def issue_token(
     read_only: bool = False,
     ttl: float | None = None,
     expires: int | None = None,
+    token_id: str | None = None,
+    share: bool = False,
+    export: bool = False,
 ) -> str:
     """A token for `user`; it expires `ttl` seconds from now or at the Unix time `expires`
-    (at most one of them), or never when both are None."""
+    (at most one of them), or never when both are None. `token_id` is its `jti` (default:
+    a random one)."""
     if ttl is not None and expires is not None:
         raise ValueError("give ttl or expires, not both")
+    if not is_text(user):
+        raise ValueError("a token's user is a non-empty string")
+    if doc is not None and not is_text(doc):
+        raise ValueError("a token's document is a non-empty string")
+    now = int(time.time())
     if ttl is not None:
         # A negative ttl makes a token that has expired already (tests need those).
         if not math.isfinite(ttl):
             raise ValueError(f"a token lifetime is a finite number of seconds, not {ttl}")
         expires = int(time.time() + ttl)
-    claims: dict[str, object] = {"u": user, "ro": read_only}
-    if doc is not None:
-        claims["d"] = doc
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "sub": user,
+        "iat": now,
+        "jti": secrets.token_urlsafe(12) if token_id is None else token_id,
+    }
     if expires is not None:
         claims["exp"] = expires
-    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    return f"{body}.{_sign(secret, body)}"
+    if doc is not None:
+        claims["doc"] = doc
+    if read_only:
+        claims["ro"] = True
+    if share:
+        if doc is None or not read_only:
+            raise ValueError("a share link's token names one document and is read-only")
+        claims["share"] = True
+        if export:
+            claims["export"] = True
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
 def verify_token(secret: str, token: str) -> Principal:
     """The principal `token` names; `AuthError` 4401 for any other string."""
-    if len(token) > MAX_TOKEN_CHARS:
-        raise _invalid()
-    body, _, signature = token.partition(".")
-    # Only the token alphabet goes on: the HMAC and compare_digest take ASCII only.
-    if not _PART.fullmatch(body) or not _PART.fullmatch(signature):
-        raise _invalid()
-    if not hmac.compare_digest(signature, _sign(secret, body)):
-        raise _invalid()
+    if not is_compact(token):
+        raise invalid()
     try:
-        claims = json.loads(_unb64(body))
-    # binascii.Error and UnicodeDecodeError are ValueErrors; deep nesting hits the recursion
-    # limit. Only the secret's holder can sign such a body, but it is still not a token.
-    except (ValueError, RecursionError):
-        raise _invalid() from None
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            # `exp` is optional: `tandem token --ttl 0` makes tokens that never expire.
+            # `iat` is not compared with the clock: a token made on a machine whose clock
+            # runs a little ahead is still good.
+            options={"require": ["iss", "sub", "iat"], "verify_iat": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError(4401, "token expired") from None
+    # PyJWT turns malformed input into its own errors; ValueError and RecursionError are
+    # caught as well so that no change in it can let another exception through.
+    except (jwt.PyJWTError, ValueError, RecursionError):
+        raise invalid() from None
     return _principal(claims)
 
 
-def _principal(claims: object) -> Principal:
+def _principal(claims: dict[str, Any]) -> Principal:
     """The claims of an authentic token, each of the type `issue_token` writes, or 4401."""
-    if not isinstance(claims, dict):
-        raise _invalid()
-    user: object = claims.get("u")
-    doc: object = claims.get("d")
+    user: object = claims.get("sub")
+    doc: object = claims.get("doc")
     read_only = claims.get("ro", False)
-    exp = claims.get("exp")
-    # "d" is absent (every document) or names one; "d": null is not something we write.
-    if not _is_text(user) or not ((doc is None and "d" not in claims) or _is_text(doc)):
-        raise _invalid()
+    token_id: object = claims.get("jti")
+    # "doc" is absent (every document) or names one; "doc": null is not something we write.
+    if not is_text(user) or not (("doc" not in claims) or is_text(doc)):
+        raise invalid()
     if not isinstance(read_only, bool):
-        raise _invalid()
-    # bool is an int subclass, and a float or string expiry would otherwise never expire.
-    if "exp" in claims and type(exp) is not int:
-        raise _invalid()
-    if exp is not None and exp < time.time():
-        raise AuthError(4401, "token expired")
-    return Principal(user, doc, read_only)
+        raise invalid()
+    if token_id is not None and not is_text(token_id):
+        raise invalid()
+    share = claims.get("share", False)
+    export = claims.get("export", False)
+    if not isinstance(share, bool) or not isinstance(export, bool):
+        raise invalid()
+    if share and (not isinstance(doc, str) or not read_only or not is_text(token_id)):
+        raise invalid()
+    # Whole seconds, as `issue_token` writes them (bool is an int subclass).
+    for name in ("iat", "exp"):
+        if name in claims and type(claims[name]) is not int:
+            raise invalid()
+    return Principal(
+        user,
+        doc if isinstance(doc, str) else None,
+        read_only,
+        token_id,
+        share=share,
+        export=share and export,
+    )
 
 
-def _is_text(value: object) -> TypeGuard[str]:
-    """A str that can be logged and stored: no lone surrogates (JSON allows "\\ud800")."""
-    if not isinstance(value, str):
+def is_compact(token: str) -> bool:
+    """Whether `token` has the shape of a signed JWT and is not too long to read."""
+    return len(token) <= MAX_TOKEN_CHARS and _COMPACT.fullmatch(token) is not None
+
+
+def is_text(value: object) -> TypeGuard[str]:
+    """A non-empty str that can be logged and stored: no lone surrogates (JSON allows
+    "\\ud800")."""
+    if not isinstance(value, str) or not value:
         return False
     try:
         value.encode("utf-8")
@@ -134,13 +182,5 @@ def _is_text(value: object) -> TypeGuard[str]:
     return True
 
 
-def _invalid() -> AuthError:
+def invalid() -> AuthError:
     return AuthError(4401, "invalid token")
-
-
-def authenticate(secret: str | None, token: str | None) -> Principal:
-    if secret is None:
-        return Principal(LOCAL_USER)
-    if not token:
-        raise AuthError(4401, "missing token")
-    return verify_token(secret, token)

@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Print an access token on stdout (its expiry goes to stderr). The server "
         "must run with the same TANDEM_SECRET.",
     )
-    token.add_argument("--user", required=True, help="the user name the token signs in as")
+    token.add_argument(
+        "--user", required=True, type=_user, help="the user name the token signs in as"
+    )
     token.add_argument(
         "--doc", type=_doc_id, help="limit the token to this one document (default: every one)"
     )
@@ -84,9 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--out", metavar="DIR", help="with --folder: the output directory")
     export.add_argument("--database-url", help="SQLAlchemy async URL (TANDEM_DATABASE_URL)")
 
+    from server import usercli
+
+    usercli.add_parsers(commands)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "user":
+        return usercli.run(args)
     if args.command == "db":
         return _db_upgrade(args)
     if args.command == "export":
@@ -129,6 +137,13 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         tls = check_tls_files(settings.ssl_certfile, settings.ssl_keyfile)
     except TLSConfigError as exc:
+        print(f"tandem serve: {exc}", file=sys.stderr)
+        return 2
+    from server.idp import IdentityProviderConfigError, check_settings
+
+    try:
+        check_settings(settings)
+    except IdentityProviderConfigError as exc:
         print(f"tandem serve: {exc}", file=sys.stderr)
         return 2
 
@@ -375,6 +390,15 @@ async def _export_folder(args: argparse.Namespace) -> int:
         print(f"tandem export: skipped {problem}", file=sys.stderr)
     print(f"exported {written} documents ({args.format}) to {out}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _user(text: str) -> str:
+    """`--user`: a name a token can carry (not empty; text, not undecodable bytes)."""
+    from server.auth import is_text
+
+    if not is_text(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a user name")
+    return text
 
 
 def _doc_id(text: str) -> str:

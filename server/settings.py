@@ -29,6 +29,21 @@ class Settings(BaseSettings):
     secret: str | None = None
     # How long a token from `tandem token` lasts unless `--ttl` says otherwise; 0: forever.
     token_ttl_seconds: float = Field(default=30 * 24 * 3600, ge=0, allow_inf_nan=False)
+    # Failed password sign-ins allowed per account and per client address within a minute;
+    # past it, POST /api/auth/login answers 429 until the oldest failure is a minute old.
+    # 0: no limit.
+    login_attempts_per_minute: int = Field(default=10, ge=0)
+    # An external identity provider (server/idp.py): its JWKS URL; RS256/ES256 tokens from it
+    # are accepted when their iss and aud are these two (both required with the URL). The
+    # user is the claim jwt_user_claim names; a token without it is refused (no fallback).
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_user_claim: str = "preferred_username"
+    # Limits per signed-in user (0: none): open connections at once, and documents and
+    # folders created per minute. Past them: WebSocket close 4429, REST 429 with Retry-After.
+    max_connections_per_user: int = Field(default=100, ge=0)
+    max_creations_per_minute: int = Field(default=60, ge=0)
     log_level: str = "info"
     # TLS: both set, the server speaks https and wss only (a certificate chain and its key,
     # PEM files); neither set, plain http and ws.

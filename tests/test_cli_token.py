@@ -11,7 +11,7 @@ import pytest
 from server.auth import Principal, verify_token
 from server.cli import main
 
-SECRET = "cli-token-secret"
+SECRET = "cli-token-secret-of-32-bytes-or-more"
 DAY = 24 * 3600
 
 
@@ -22,7 +22,9 @@ def secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def claims(token: str) -> dict[str, object]:
-    body = token.partition(".")[0]
+    """The claims of a JWT, read without checking it (verify_token checks it)."""
+    header, body, _ = token.split(".")
+    assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["alg"] == "HS256"
     decoded: dict[str, object] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     return decoded
 
@@ -51,7 +53,9 @@ def test_default_lifetime_is_thirty_days(capsys: pytest.CaptureFixture[str]) -> 
     out, err = run(capsys, "--user", "alice", "--doc", "plan.2026", "--read-only")
     token = out.strip()
     assert out == token + "\n"  # the token alone on stdout
-    assert verify_token(SECRET, token) == Principal("alice", "plan.2026", True)
+    principal = verify_token(SECRET, token)
+    assert principal == Principal("alice", "plan.2026", True, token_id=principal.token_id)
+    assert principal.token_id and principal.token_id == claims(token)["jti"]
     exp = claims(token)["exp"]
     assert isinstance(exp, int)
     assert before + 30 * DAY - 1 <= exp <= time.time() + 30 * DAY
@@ -79,7 +83,9 @@ def test_ttl_zero_never_expires_and_says_so(capsys: pytest.CaptureFixture[str]) 
     out, err = run(capsys, "--user", "carol", "--ttl", "0")
     token = out.strip()
     assert "exp" not in claims(token)
-    assert verify_token(SECRET, token) == Principal("carol")
+    assert verify_token(SECRET, token).user == "carol"
+    assert verify_token(SECRET, token).doc is None
+    assert verify_token(SECRET, token).read_only is False
     assert "never expires" in err
 
 
@@ -94,6 +100,8 @@ def test_ttl_zero_never_expires_and_says_so(capsys: pytest.CaptureFixture[str]) 
         (["--ttl", "nan"], "--ttl"),
         (["--ttl", "inf"], "--ttl"),
         (["--ttl", "soon"], "--ttl"),
+        (["--user", ""], "user name"),
+        (["--user", "caf\udce9"], "user name"),  # undecodable bytes in argv
     ],
 )
 def test_refused_arguments_exit_2(
