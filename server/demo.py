@@ -11,6 +11,9 @@ Everything goes the way a user's change goes: workspace rows through
 server.persistence.workspace, content as server-side edits of the live rooms with origin
 "rest" and the seed user who "wrote" it as author, so the update log says who did what.
 
+The people get an e-mail address, a role (a lead per department, one admin) and a random
+password, logged once when they are created: only its hash is stored.
+
 Seeding is idempotent: rows that exist are kept, and a document that has content already is
 left alone, so restarting with the flag changes nothing (and never undoes a user's edits).
 """
@@ -18,15 +21,21 @@ left alone, so restarting with the flag changes nothing (and never undoes a user
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Doc, Map
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from server import passwords
+from server.access import Grant, replace_grants
 from server.origin import Origin
-from server.persistence import workspace
+from server.persistence import users, workspace
+from server.persistence.tables import grants
+from server.persistence.users import Role
 from server.rooms.registry import Registry
 from server.rooms.room import Room
 from shared.board import Subtask, add_task
@@ -46,19 +55,22 @@ BOARD_ID = "d11-board"
 class Person:
     name: str
     department: str
-    role: str
+    role: str  # the job title, part of the display name
+    email: str
+    access: Role = "member"  # what the person may do in Tandem
 
 
 PEOPLE: tuple[Person, ...] = (
-    Person("王晓雯", MARKETING, "市场部经理"),
-    Person("李俊杰", MARKETING, "品牌推广"),
-    Person("陈思雨", MARKETING, "视觉设计"),
-    Person("张伟", OPERATIONS, "运营经理"),
-    Person("刘洋", OPERATIONS, "活动运营"),
-    Person("赵敏", OPERATIONS, "商品与库存"),
-    Person("孙丽华", SERVICE, "客服主管"),
-    Person("周婷", SERVICE, "客服培训"),
-    Person("吴浩", SERVICE, "智能客服"),
+    Person("王晓雯", MARKETING, "市场部经理", "wang.xiaowen@double11.example", "lead"),
+    Person("李俊杰", MARKETING, "品牌推广", "li.junjie@double11.example"),
+    Person("陈思雨", MARKETING, "视觉设计", "chen.siyu@double11.example"),
+    Person("张伟", OPERATIONS, "运营经理", "zhang.wei@double11.example", "lead"),
+    Person("刘洋", OPERATIONS, "活动运营", "liu.yang@double11.example"),
+    Person("赵敏", OPERATIONS, "商品与库存", "zhao.min@double11.example"),
+    Person("孙丽华", SERVICE, "客服主管", "sun.lihua@double11.example", "lead"),
+    Person("周婷", SERVICE, "客服培训", "zhou.ting@double11.example"),
+    # Runs the customer-service bot, and Tandem with it.
+    Person("吴浩", SERVICE, "智能客服", "wu.hao@double11.example", "admin"),
 )
 LEADS = {MARKETING: "王晓雯", OPERATIONS: "张伟", SERVICE: "孙丽华"}
 
@@ -458,19 +470,52 @@ async def _folder(
     return int(row.id)
 
 
-async def _rows(engine: AsyncEngine) -> None:
+# Who reads what beyond their own department's folder: customer service and operations
+# read marketing's campaign plan; operations' and customer service's folders (the promotion
+# plan, the FAQ) are for everyone to read. The board and the discussions, which operations
+# owns, are where all three departments work: everyone writes there.
+DEMO_GRANTS: dict[str, tuple[Grant, ...]] = {
+    MARKETING: (Grant("read", department=SERVICE), Grant("read", department=OPERATIONS)),
+    OPERATIONS: (Grant("read", everyone=True),),
+    SERVICE: (Grant("read", everyone=True),),
+}
+
+
+DEMO_DOCUMENT_GRANTS: dict[str, tuple[Grant, ...]] = {
+    doc_id: (Grant("write", everyone=True),)
+    for doc_id in (BOARD_ID, "d11-talk-coupons", "d11-talk-stock")
+}
+
+
+async def _grants(conn: AsyncConnection, folders: dict[str, int]) -> None:
+    """The demo's grants, on folders that have none yet (a restart changes nothing)."""
+    for name, wanted in DEMO_GRANTS.items():
+        held = await conn.execute(select(grants.c.id).where(grants.c.folder_id == folders[name]))
+        if held.first() is None:
+            await replace_grants(conn, folder_id=folders[name], new=wanted, by=LEADS[OPERATIONS])
+
+
+async def _rows(engine: AsyncEngine) -> dict[str, str]:
+    """Create what is missing; returns the password of each person created now."""
+    created: dict[str, str] = {}
     async with engine.begin() as conn:
         departments = {name: await _department(conn, name) for name in DEPARTMENTS}
         for person in PEOPLE:
-            if await workspace.get_user(conn, person.name) is None:
-                await workspace.create_user(
+            if await users.get_user(conn, person.name) is None:
+                password = secrets.token_urlsafe(9)
+                await users.create_user(
                     conn,
                     person.name,
                     display_name=f"{person.name} · {person.role}",
+                    email=person.email,
                     department_id=departments[person.department],
+                    role=person.access,
+                    password_hash=await passwords.hash_password_async(password),
                 )
+                created[person.name] = password
         campaign = await _folder(conn, CAMPAIGN_FOLDER, None, None)
         folders = {name: await _folder(conn, name, campaign, name) for name in DEPARTMENTS}
+        await _grants(conn, folders)
         for spec in DOCUMENTS:
             if await workspace.document_exists(conn, spec.id):
                 continue
@@ -485,6 +530,10 @@ async def _rows(engine: AsyncEngine) -> None:
                 notes=spec.notes,
                 created_by=spec.author,
             )
+            shared = DEMO_DOCUMENT_GRANTS.get(spec.id)
+            if shared:
+                await replace_grants(conn, doc_id=spec.id, new=shared, by=spec.author)
+    return created
 
 
 # -- content -----------------------------------------------------------------------------------
@@ -560,6 +609,22 @@ def _edits(spec: DemoDocument) -> Sequence[tuple[str, Change]]:
     return edits
 
 
+def _announce_passwords(created: dict[str, str]) -> None:
+    """Log the demo people's passwords: this once, when they are made (only their hashes
+    are stored)."""
+    lines = [
+        f"  {person.name:<4} {person.email:<32} {person.access:<7} {created[person.name]}"
+        for person in PEOPLE
+        if person.name in created
+    ]
+    log.warning(
+        "demo: %d people can sign in (POST /api/auth/login with TANDEM_SECRET set) with these "
+        "passwords, shown only now:\n%s",
+        len(lines),
+        "\n".join(lines),
+    )
+
+
 def _is_empty(room: Room) -> bool:
     return room.doc.get_state() == b"\x00"
 
@@ -567,7 +632,9 @@ def _is_empty(room: Room) -> bool:
 async def seed(engine: AsyncEngine, registry: Registry) -> list[str]:
     """Seed the example workspace; returns the ids of the documents written (none: it was
     there already)."""
-    await _rows(engine)
+    created = await _rows(engine)
+    if created:
+        _announce_passwords(created)
     written: list[str] = []
     for spec in DOCUMENTS:
         async with registry.use(spec.id) as room:
