@@ -17,17 +17,24 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, apidocs, demo
+from server.access import AccessControl
+from server.access_events import LocalAccessEvents
 from server.api import create_api
+from server.api.auth import log_sign_in_status
+from server.audit import AuditLog
 from server.blobs import FileBlobStore
 from server.catalog import Catalog
 from server.persistence import migrate
 from server.persistence.memory import MemoryStore
 from server.persistence.sql import SqlStore, create_engine
-from server.persistence.store import Store
+from server.persistence.store import Store, UpdateRecord
 from server.persistence.writer import Writer
+from server.provisioning import Provisioner
 from server.rooms import session
+from server.rooms.enforcer import Enforcer
 from server.rooms.registry import Registry
 from server.settings import Settings
+from server.signin import Authenticator
 
 log = logging.getLogger("tandem")
 
@@ -47,6 +54,8 @@ async def lifespan_for(settings: Settings) -> AsyncIterator[dict[str, Any]]:
 async def _running(
     settings: Settings, scratch: contextlib.ExitStack
 ) -> AsyncIterator[dict[str, Any]]:
+    # First: a sign-in configuration it refuses stops the start before anything is opened.
+    auth = Authenticator.from_settings(settings)
     store: Store
     if settings.in_memory:
         # Documents only in memory (benchmarks, trials); workspace metadata in a scratch
@@ -82,8 +91,25 @@ async def _running(
     # Documents that clients create or rename over the socket: their records follow the
     # content. With documents in memory there are no rows to keep up to date.
     catalog = None if settings.in_memory else Catalog(engine, store, registry)
-    if catalog is not None:
-        writer.on_commit = catalog.changed
+    audit = AuditLog(engine)
+
+    def committed(row: UpdateRecord) -> None:
+        if catalog is not None:
+            catalog.changed(row.doc_id)
+        audit.edited(row)
+
+    writer.on_commit = committed
+    # Access rules, and their changes reaching open connections (server/rooms/enforcer.py).
+    access = AccessControl(engine, enabled=not auth.open)
+    access_events = LocalAccessEvents()
+    enforcer = Enforcer(
+        registry, access, max_connections_per_user=settings.max_connections_per_user
+    )
+    access_events.subscribe(enforcer.apply)
+    await enforcer.load_revoked(engine)
+    auth.is_revoked = enforcer.is_revoked
+    if auth.idp is not None:
+        auth.on_external_user = Provisioner(engine, settings.jwt_user_claim)
     blobs = FileBlobStore(settings.blob_dir)
     swept = await asyncio.to_thread(blobs.sweep_stale_uploads)
     if swept:
@@ -94,19 +120,27 @@ async def _running(
     try:
         if settings.demo:
             await demo.seed(engine, registry)
+        await log_sign_in_status(engine, settings)
         yield {
             "settings": settings,
+            "auth": auth,
             "store": store,
             "writer": writer,
             "registry": registry,
             "engine": engine,
             "blobs": blobs,
+            "access": access,
+            "access_events": access_events,
+            "enforcer": enforcer,
+            "audit": audit,
         }
     finally:
+        auth.close()
         await registry.close()
         await writer.close()
         if catalog is not None:
             await catalog.close()
+        await audit.close()
         commit_loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await commit_loop

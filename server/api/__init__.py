@@ -6,15 +6,20 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from server.api import (
+    access,
+    activity,
+    auth,
     docs,
     files,
     folders,
     live,
     messages,
     openapi,
+    share,
     tasks,
     text,
     updates,
+    users,
     versions,
 )
 from server.api.doc_ids import check_doc_ids
@@ -30,6 +35,11 @@ routes: list[BaseRoute] = [
     *versions.routes,
     *folders.routes,
     *files.routes,
+    *auth.routes,
+    *users.routes,
+    *access.routes,
+    *share.routes,
+    *activity.routes,
     *openapi.routes,
 ]
 check_doc_ids(routes)

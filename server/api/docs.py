@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.api import state, storage
-from server.api.caller import reader, writer
+from server.api.caller import count_creation, folder_access, reader, writer
 from server.api.errors import ApiError, not_found, parse_body, parse_query
 from server.api.fields import (
     Department,
@@ -136,8 +136,12 @@ async def _flush(request: Request, doc_id: str) -> None:
 
 async def create_doc(request: Request) -> Response:
     """Create a board, document or discussion: its metadata row and its initial content."""
-    user = writer(request).user
+    caller = await writer(request)
+    user = caller.user
     body = await parse_body(request, DocCreate)
+    if body.folder_id is not None:
+        await folder_access(request, caller, body.folder_id, "write", field="folder_id")
+    count_creation(request, caller)
     storage.require_storage(request)  # its initial content is an edit
     engine = state.engine(request)
     try:
@@ -187,8 +191,10 @@ async def create_doc(request: Request) -> Response:
 
 
 async def list_docs(request: Request) -> Response:
-    """Live documents, newest change first, filtered; with include_files=1 also files."""
-    reader(request)
+    """Live documents, newest change first, filtered; with include_files=1 also files. Only
+    what the caller may read is listed."""
+    caller = await reader(request)
+    access = state.access(request)
     query = parse_query(request, DocQuery)
     async with state.engine(request).connect() as conn:
         rows = await workspace.list_documents(
@@ -201,6 +207,7 @@ async def list_docs(request: Request) -> Response:
             limit=query.limit,
             offset=query.offset,
         )
+        rows = await access.documents(caller.user, rows)
         result: dict[str, Any] = {"documents": [document_json(row) for row in rows]}
         if query.include_files:
             # Files have no kind: a kind filter leaves none of them.
@@ -215,6 +222,7 @@ async def list_docs(request: Request) -> Response:
                     limit=query.limit,
                     offset=query.offset,
                 )
+            files = await access.folders(caller.user, files, "folder_id")
             result["files"] = [file_json(row) for row in files]
     return JSONResponse(result)
 
@@ -222,7 +230,7 @@ async def list_docs(request: Request) -> Response:
 async def get_doc(request: Request) -> Response:
     """One live document's metadata."""
     doc_id: str = request.path_params["doc_id"]
-    reader(request, doc_id)
+    await reader(request, doc_id)
     async with state.engine(request).connect() as conn:
         row = await require_document(conn, doc_id)
     return JSONResponse(document_json(row))
@@ -264,9 +272,12 @@ def _meta_writable(doc: Doc[Any]) -> bool:
 async def update_doc(request: Request) -> Response:
     """Change title, tags, notes, department, or move (folder_id); meta.title follows."""
     doc_id: str = request.path_params["doc_id"]
-    user = writer(request, doc_id).user
+    caller = await writer(request, doc_id)
+    user = caller.user
     body = await parse_body(request, DocUpdate)
     changes = body.model_dump(include=body.model_fields_set)
+    if changes.get("folder_id") is not None:
+        await folder_access(request, caller, changes["folder_id"], "write", field="folder_id")
     if "title" in changes and changes["title"] is None:
         raise ApiError(422, "title: may not be null", field="title")
     async with state.engine(request).begin() as conn:
@@ -276,6 +287,8 @@ async def update_doc(request: Request) -> Response:
         row = await workspace.update_document(conn, doc_id, changes, updated_by=user)
     if row is None:
         raise not_found("document", doc_id)
+    if {"folder_id", "department"} & changes.keys():
+        await state.access_changed(request)  # who may open it may have changed
     if {"title", "department", "tags"} & changes.keys():
         try:
             async with state.registry(request).use(doc_id) as room:
@@ -292,7 +305,7 @@ async def update_doc(request: Request) -> Response:
 async def delete_doc(request: Request) -> Response:
     """Soft delete: the document disappears from the workspace, its history stays stored."""
     doc_id: str = request.path_params["doc_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     async with state.engine(request).begin() as conn:
         if not await workspace.soft_delete_document(conn, doc_id, deleted_by=user):
             raise not_found("document", doc_id)

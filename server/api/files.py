@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from server.api import state
-from server.api.caller import reader, writer
+from server.api.caller import folder_access, reader, writer
 from server.api.errors import ApiError, not_found, parse, parse_body, parse_query
 from server.api.fields import (
     DocId,
@@ -34,6 +34,7 @@ from server.api.fields import (
     Timestamp,
 )
 from server.api.folders import require_folder
+from server.auth import Principal
 from server.blobs import BlobMissing, BlobTooLarge
 from server.persistence import workspace
 
@@ -144,7 +145,8 @@ def _upload_query(request: Request) -> UploadQuery:
 
 async def upload_file(request: Request) -> Response:
     """Upload the raw body as a new file, or the next version of a file of that name."""
-    user = writer(request).user
+    caller = await writer(request)
+    user = caller.user
     query = _upload_query(request)
     limit = state.settings(request).max_upload_bytes
     declared = request.headers.get("content-length", "")
@@ -153,6 +155,7 @@ async def upload_file(request: Request) -> Response:
     engine = state.engine(request)
     async with engine.connect() as conn:
         await require_folder(conn, query.folder_id, field="folder_id")
+    await folder_access(request, caller, query.folder_id, "write", field="folder_id")
     content_type = _content_type(request.headers.get("content-type"), query.name)
     blobs = state.blobs(request)
     try:
@@ -200,8 +203,9 @@ async def _drop_unused_blob(request: Request, key: str) -> None:
 
 
 async def list_files(request: Request) -> Response:
-    """The newest version of each file, filtered by folder, department, tag, name, document."""
-    reader(request)
+    """The newest version of each file, filtered by folder, department, tag, name, document;
+    only files in folders the caller may open."""
+    caller = await reader(request)
     query = parse_query(request, FileQuery)
     async with state.engine(request).connect() as conn:
         rows = await workspace.list_files(
@@ -214,28 +218,32 @@ async def list_files(request: Request) -> Response:
             limit=query.limit,
             offset=query.offset,
         )
+    rows = await state.access(request).folders(caller.user, rows, "folder_id")
     return JSONResponse({"files": [file_json(row) for row in rows]})
 
 
-async def _require_file(request: Request) -> Any:
+async def _require_file(request: Request, caller: Principal | None = None) -> Any:
+    """The file of the path; with `caller`, 403 unless they may open its folder."""
     file_id: int = request.path_params["file_id"]
     async with state.engine(request).connect() as conn:
         row = await workspace.get_file(conn, file_id)
     if row is None:
         raise not_found("file", file_id)
+    if caller is not None:
+        await folder_access(request, caller, row.folder_id, "read")
     return row
 
 
 async def get_file(request: Request) -> Response:
     """One file version's metadata."""
-    reader(request)
-    return JSONResponse(file_json(await _require_file(request)))
+    caller = await reader(request)
+    return JSONResponse(file_json(await _require_file(request, caller)))
 
 
 async def list_versions(request: Request) -> Response:
     """Every version of the same name in the same folder, newest first."""
-    reader(request)
-    row = await _require_file(request)
+    caller = await reader(request)
+    row = await _require_file(request, caller)
     async with state.engine(request).connect() as conn:
         rows = await workspace.list_file_versions(conn, row.id)
     return JSONResponse({"versions": [file_json(version) for version in rows]})
@@ -243,8 +251,8 @@ async def list_versions(request: Request) -> Response:
 
 async def download_file(request: Request) -> Response:
     """The file's bytes, always as an attachment: a browser saves it, never renders it."""
-    reader(request)
-    row = await _require_file(request)
+    caller = await reader(request)
+    row = await _require_file(request, caller)
     headers = {
         "Content-Type": row.content_type,
         "Content-Length": str(row.size),
@@ -267,9 +275,10 @@ async def download_file(request: Request) -> Response:
 
 async def attach_file(request: Request) -> Response:
     """Attach a file version to a document, optionally to a task or message in it."""
-    writer(request)
+    caller = await writer(request)
     body = await parse_body(request, AttachBody)
-    row = await _require_file(request)
+    row = await _require_file(request, caller)
+    await writer(request, body.doc_id)
     async with state.engine(request).begin() as conn:
         if await workspace.get_document(conn, body.doc_id) is None:
             raise not_found("document", body.doc_id, field="doc_id")

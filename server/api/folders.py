@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.api import state
-from server.api.caller import reader, writer
+from server.api.caller import count_creation, folder_access, reader, writer
 from server.api.errors import ApiError, not_found, parse_body, parse_query
 from server.api.fields import Department, Name, Timestamp
 from server.persistence import workspace
@@ -80,8 +80,12 @@ async def _check_name_free(
 
 async def create_folder(request: Request) -> Response:
     """Create a folder, at the top or inside `parent_id`."""
-    user = writer(request).user
+    caller = await writer(request)
+    user = caller.user
     body = await parse_body(request, FolderCreate)
+    if body.parent_id is not None:
+        await folder_access(request, caller, body.parent_id, "write", field="parent_id")
+    count_creation(request, caller)
     try:
         async with state.engine(request).begin() as conn:
             if body.parent_id is not None:
@@ -96,24 +100,28 @@ async def create_folder(request: Request) -> Response:
             )
     except IntegrityError:
         raise ApiError(409, "the folder changed meanwhile; try again") from None
+    await state.access_changed(request)  # the tree the rules are read on grew
     return JSONResponse(folder_json(row), 201, headers={"Location": f"/api/folders/{row.id}"})
 
 
 async def list_folders(request: Request) -> Response:
-    """Every folder (the client builds the tree from parent_id), or one level of it."""
-    reader(request)
+    """Every folder the caller may open (the client builds the tree from parent_id), or one
+    level of it."""
+    caller = await reader(request)
     query = parse_query(request, FolderQuery)
     async with state.engine(request).connect() as conn:
         rows = await workspace.list_folders(
             conn, parent_id=query.parent_id, top_level=query.top, department=query.department
         )
+    rows = await state.access(request).folders(caller.user, rows)
     return JSONResponse({"folders": [folder_json(row) for row in rows]})
 
 
 async def get_folder(request: Request) -> Response:
     """One folder."""
-    reader(request)
+    caller = await reader(request)
     folder_id: int = request.path_params["folder_id"]
+    await folder_access(request, caller, folder_id, "read")
     async with state.engine(request).connect() as conn:
         row = await require_folder(conn, folder_id)
     return JSONResponse(folder_json(row))
@@ -121,10 +129,13 @@ async def get_folder(request: Request) -> Response:
 
 async def update_folder(request: Request) -> Response:
     """Rename, move (parent_id) or re-assign a folder to a department."""
-    writer(request)
+    caller = await writer(request)
     folder_id: int = request.path_params["folder_id"]
+    await folder_access(request, caller, folder_id, "write")
     body = await parse_body(request, FolderUpdate)
     changes = body.model_dump(include=body.model_fields_set)
+    if changes.get("parent_id") is not None:
+        await folder_access(request, caller, changes["parent_id"], "write", field="parent_id")
     if "name" in changes and changes["name"] is None:
         raise ApiError(422, "name: may not be null", field="name")
     try:
@@ -143,13 +154,16 @@ async def update_folder(request: Request) -> Response:
             row = await workspace.update_folder(conn, folder_id, changes)
     except IntegrityError:
         raise ApiError(409, "the folder changed meanwhile; try again") from None
+    if {"parent_id", "department"} & changes.keys():
+        await state.access_changed(request)  # what is inherited beneath it changed
     return JSONResponse(folder_json(row))
 
 
 async def delete_folder(request: Request) -> Response:
     """Delete an empty folder (409 while it holds folders, documents or files)."""
-    writer(request)
+    caller = await writer(request)
     folder_id: int = request.path_params["folder_id"]
+    await folder_access(request, caller, folder_id, "write")
     try:
         async with state.engine(request).begin() as conn:
             await require_folder(conn, folder_id)
@@ -160,6 +174,7 @@ async def delete_folder(request: Request) -> Response:
             await workspace.delete_folder(conn, folder_id)
     except IntegrityError:
         raise ApiError(409, f"folder {folder_id} is not empty") from None
+    await state.access_changed(request)
     return Response(status_code=204)
 
 

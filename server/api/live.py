@@ -172,7 +172,7 @@ async def get_content(request: Request) -> Response:
     """The live content as JSON: a board, doc or discussion as its kind's read model, any other
     document (`raw`) as the JSON of every root."""
     doc_id: str = request.path_params["doc_id"]
-    reader(request, doc_id)
+    await reader(request, doc_id, share_ok=True)
     row = await document(request, doc_id)
     async with open_room(request, doc_id) as room:
         content = content_json(doc_id, _kind(row, room), room.doc)

@@ -79,7 +79,7 @@ class Message(BaseModel):
 async def post_message(request: Request) -> Response:
     """Post a message to a discussion, as the caller."""
     doc_id: str = request.path_params["doc_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     body = await parse_body(request, MessageCreate)
     row = await live.document(request, doc_id)
     anchor = None if body.anchor is None else body.anchor.model_dump()

@@ -17,7 +17,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import __version__
-from server.api import docs, files, folders, live, messages, tasks, text, updates, versions
+from server.api import (
+    access,
+    activity,
+    auth,
+    docs,
+    files,
+    folders,
+    live,
+    messages,
+    share,
+    tasks,
+    text,
+    updates,
+    users,
+    versions,
+)
 from server.api.fields import DOC_ID_RULE
 
 _REF = "#/components/schemas/{model}"
@@ -50,6 +65,12 @@ _INPUTS: list[type[BaseModel]] = [
     text.TextBody,
     updates.UpdateBody,
     versions.VersionCreate,
+    auth.LoginBody,
+    access.Grants,
+    share.ShareCreate,
+    users.UserCreate,
+    users.UserUpdate,
+    users.DepartmentBody,
 ]
 _OUTPUTS: list[type[BaseModel]] = [
     docs.Document,
@@ -68,6 +89,14 @@ _OUTPUTS: list[type[BaseModel]] = [
     versions.DocVersionDetail,
     versions.RestoreResult,
     versions.VersionDiff,
+    auth.User,
+    auth.LoginResult,
+    share.ShareCreated,
+    share.ShareLinkList,
+    activity.Activity,
+    users.UserList,
+    users.DepartmentOut,
+    users.DepartmentList,
     Error,
 ]
 
@@ -78,6 +107,8 @@ _ERRORS = {
     409: "conflicts with the current state",
     413: "the body is too large",
     422: "invalid input; `field` names the first problem",
+    429: "too many failed sign-ins for this account or address, or too many documents and "
+    "folders created this minute; try after Retry-After seconds",
     503: "the database is unavailable (Retry-After): nothing was changed, or the message says "
     "the change was applied to the live document and queued but is not stored yet",
 }
@@ -150,7 +181,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "Create a board, document or discussion",
                 ok=(201, "created", _json(docs.Document)),
                 body=_json(docs.DocCreate),
-                errors=write,
+                errors=(*write, 429),
                 tag="docs",
             ),
             "get": _operation(
@@ -189,7 +220,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "Create a folder",
                 ok=(201, "created", _json(folders.Folder)),
                 body=_json(folders.FolderCreate),
-                errors=write,
+                errors=(*write, 429),
                 tag="folders",
             ),
             "get": _operation(
@@ -273,6 +304,8 @@ def _paths() -> dict[str, dict[str, Any]]:
         },
         **_content_paths(read, write),
         **_version_paths(read, write),
+        **_user_paths(read, write),
+        **_access_paths(read, write),
         "/api/openapi.json": {
             "get": {
                 "summary": "This description",
@@ -451,7 +484,159 @@ def _version_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, d
     }
 
 
-_STRING_PARAMETERS = frozenset({"doc_id", "task_id", "subtask_id"})
+def _user_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Sign-in, users and departments (server/api/auth.py, users.py). Changing users and
+    departments is for admins (403 otherwise)."""
+    login = _operation(
+        "Sign in with a user id (or e-mail address) and password; every failure is the same "
+        '401 "wrong user or password"; 503 without TANDEM_SECRET',
+        ok=(200, "a token for the user", _json(auth.LoginResult)),
+        body=_json(auth.LoginBody),
+        errors=(401, 422, 429),
+        tag="users",
+    )
+    login["security"] = []
+    user = _json(auth.User)
+    return {
+        "/api/auth/login": {"post": login},
+        "/api/auth/logout": {
+            "post": _operation(
+                "Revoke the token this request carries",
+                ok=(204, "signed out", None),
+                errors=(401, 422),
+                tag="users",
+            ),
+        },
+        "/api/me": {
+            "get": _operation(
+                "The caller (the local user, an admin, when there is no sign-in)",
+                ok=(200, "the caller", user),
+                errors=(401,),
+                tag="users",
+            ),
+        },
+        "/api/users": {
+            "get": _operation(
+                "List users, optionally of one department",
+                ok=(200, "the users", _json(users.UserList)),
+                query=_query(users.UserQuery),
+                errors=(401, 403, 422),
+                tag="users",
+            ),
+            "post": _operation(
+                "Add a user (admin)",
+                ok=(201, "created", user),
+                body=_json(users.UserCreate),
+                errors=write,
+                tag="users",
+            ),
+        },
+        "/api/users/{user_id}": {
+            "get": _operation("A user", ok=(200, "the user", user), errors=read, tag="users"),
+            "patch": _operation(
+                "Change a user's display name, e-mail, department, role, active flag or "
+                "password (admin); leaving no active admin is 409",
+                ok=(200, "the changed user", user),
+                body=_json(users.UserUpdate),
+                errors=write,
+                tag="users",
+            ),
+        },
+        "/api/departments": {
+            "get": _operation(
+                "List departments with their number of users",
+                ok=(200, "the departments", _json(users.DepartmentList)),
+                errors=(401, 403),
+                tag="users",
+            ),
+            "post": _operation(
+                "Add a department (admin)",
+                ok=(201, "created", _json(users.DepartmentOut)),
+                body=_json(users.DepartmentBody),
+                errors=write,
+                tag="users",
+            ),
+        },
+        "/api/departments/{department_id}": {
+            "patch": _operation(
+                "Rename a department; its folders and documents follow (admin)",
+                ok=(200, "the department", _json(users.DepartmentOut)),
+                body=_json(users.DepartmentBody),
+                errors=write,
+                tag="users",
+            ),
+            "delete": _operation(
+                "Delete a department nothing belongs to any more (admin)",
+                ok=(204, "deleted", None),
+                errors=(401, 403, 404, 409),
+                tag="users",
+            ),
+        },
+    }
+
+
+def _access_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Access rules, share links and the activity log (server/api/access.py, share.py,
+    activity.py)."""
+    grants = _json(access.Grants)
+
+    def rules(what: str) -> dict[str, Any]:
+        return {
+            "get": _operation(
+                f"The grants of a {what} (admins, and leads of the owning department)",
+                ok=(200, "its grants", grants),
+                errors=read,
+                tag="access",
+            ),
+            "put": _operation(
+                f"Replace the grants of a {what}; open connections that lose access are "
+                "closed (4403) or made read-only at once",
+                ok=(200, "the grants now", grants),
+                body=grants,
+                errors=write,
+                tag="access",
+            ),
+        }
+
+    return {
+        "/api/folders/{folder_id}/access": rules("folder (inherited beneath it)"),
+        "/api/docs/{doc_id}/access": rules("document"),
+        "/api/docs/{doc_id}/share": {
+            "post": _operation(
+                "Create a read-only, expiring, revocable link to the document (writers)",
+                ok=(201, "the link and its token (shown once)", _json(share.ShareCreated)),
+                body=_json(share.ShareCreate),
+                errors=write,
+                tag="access",
+            ),
+            "get": _operation(
+                "The document's share links (writers)",
+                ok=(200, "its links", _json(share.ShareLinkList)),
+                errors=read,
+                tag="access",
+            ),
+        },
+        "/api/docs/{doc_id}/share/{share_id}": {
+            "delete": _operation(
+                "Revoke a share link: its token is refused and its connections close at once",
+                ok=(204, "revoked", None),
+                errors=read,
+                tag="access",
+            ),
+        },
+        "/api/docs/{doc_id}/activity": {
+            "get": _operation(
+                "Who connected, edited (per user and hour), exported, shared or restored "
+                "(admins, and leads of the owning department)",
+                ok=(200, "the activity", _json(activity.Activity)),
+                errors=read,
+                tag="access",
+            ),
+        },
+    }
+
+
+_STRING_PARAMETERS = frozenset({"doc_id", "task_id", "subtask_id", "user_id", "share_id"})
 
 
 def _path_parameters(path: str) -> list[dict[str, Any]]:

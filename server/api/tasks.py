@@ -178,7 +178,7 @@ def _subtask_values(items: list[SubtaskCreate]) -> list[board.Subtask]:
 async def create_task(request: Request) -> Response:
     """Add a task to a board."""
     doc_id: str = request.path_params["doc_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     body = await parse_body(request, TaskCreate)
     row = await live.document(request, doc_id)
 
@@ -212,7 +212,7 @@ async def get_task(request: Request) -> Response:
     """One task of a board."""
     doc_id: str = request.path_params["doc_id"]
     task_id: str = request.path_params["task_id"]
-    reader(request, doc_id)
+    await reader(request, doc_id)
     row = await live.document(request, doc_id)
     async with live.open_room(request, doc_id) as room:
         live.require_kind(row, room, "board")
@@ -225,7 +225,7 @@ async def update_task(request: Request) -> Response:
     """Change a task's fields; a new status moves it to that column."""
     doc_id: str = request.path_params["doc_id"]
     task_id: str = request.path_params["task_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     body = await parse_body(request, TaskUpdate)
     changes = body.model_dump(include=body.model_fields_set)
     for name, value in changes.items():
@@ -253,7 +253,7 @@ async def complete_task(request: Request) -> Response:
     """Mark a task done (it moves to the end of the done column)."""
     doc_id: str = request.path_params["doc_id"]
     task_id: str = request.path_params["task_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     row = await live.document(request, doc_id)
 
     def complete(doc: Doc[Any]) -> None:
@@ -272,7 +272,7 @@ async def delete_task(request: Request) -> Response:
     """Remove a task from a board."""
     doc_id: str = request.path_params["doc_id"]
     task_id: str = request.path_params["task_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     row = await live.document(request, doc_id)
 
     def delete(doc: Doc[Any]) -> None:
@@ -291,7 +291,7 @@ async def add_subtask(request: Request) -> Response:
     """Append a subtask to a task; answers with the task."""
     doc_id: str = request.path_params["doc_id"]
     task_id: str = request.path_params["task_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     body = await parse_body(request, SubtaskCreate)
     row = await live.document(request, doc_id)
 
@@ -315,7 +315,7 @@ async def update_subtask(request: Request) -> Response:
     doc_id: str = request.path_params["doc_id"]
     task_id: str = request.path_params["task_id"]
     subtask_id: str = request.path_params["subtask_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     body = await parse_body(request, SubtaskUpdate)
     row = await live.document(request, doc_id)
 

@@ -57,7 +57,7 @@ async def put_text(request: Request) -> Response:
     """Replace a `doc`'s rich text with Markdown or plain text (the raw body as text/markdown
     or text/plain, or JSON {"text", "format"})."""
     doc_id: str = request.path_params["doc_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     media = live.media_type(request)
     raw = await live.read_body(request, MAX_TEXT_BYTES)
     if media in ("text/markdown", "text/plain", "text/x-markdown"):

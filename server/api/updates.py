@@ -78,7 +78,7 @@ def check_update(current: bytes, update: bytes) -> str | None:
 async def apply_update(request: Request) -> Response:
     """Apply a raw Yjs update (application/octet-stream, or JSON {"update": base64})."""
     doc_id: str = request.path_params["doc_id"]
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     limit = state.settings(request).max_message_bytes
     media = live.media_type(request)
     if media == "application/json":

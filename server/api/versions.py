@@ -168,7 +168,7 @@ async def _current(request: Request, doc_id: str) -> bytes:
 async def list_versions(request: Request) -> Response:
     """Every stored version of a document, newest first."""
     doc_id = _doc_id(request)
-    reader(request, doc_id)
+    await reader(request, doc_id)
     await _recorded_kind(request, doc_id)
     found = await versions.list_versions(state.engine(request), doc_id)
     return JSONResponse({"versions": [version_json(v) for v in found]})
@@ -177,7 +177,7 @@ async def list_versions(request: Request) -> Response:
 async def create_version(request: Request) -> Response:
     """Save the document as it is now (every acknowledged edit) as a named version."""
     doc_id = _doc_id(request)
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     body = await parse_body(request, VersionCreate)
     await _recorded_kind(request, doc_id)
     registry = state.registry(request)
@@ -193,6 +193,7 @@ async def create_version(request: Request) -> Response:
     except TimeoutError:
         raise ApiError(503, "recent edits are not stored yet; try again") from None
     location = f"/api/docs/{quote(doc_id, safe='')}/versions/{saved.number}"
+    state.audit(request).record(doc_id, user, "version", f"{saved.number}: {body.name}")
     return JSONResponse(version_json(saved), 201, headers={"Location": location})
 
 
@@ -207,7 +208,7 @@ def _json_export(state_bytes: bytes, recorded: str | None) -> tuple[dict[str, An
 async def get_version(request: Request) -> Response:
     """A version's metadata and its content as the JSON read model."""
     doc_id = _doc_id(request)
-    reader(request, doc_id)
+    await reader(request, doc_id)
     number: int = request.path_params["number"]
     recorded, _ = await _recorded_kind(request, doc_id)
     try:
@@ -223,7 +224,7 @@ async def restore_version(request: Request) -> Response:
     client receives. What it replaced is saved as the named version "before restoring version
     N" (restoring that one undoes the restore), the result as "restored from version N"."""
     doc_id = _doc_id(request)
-    user = writer(request, doc_id).user
+    user = (await writer(request, doc_id)).user
     number: int = request.path_params["number"]
     await _recorded_kind(request, doc_id)
     storage.require_storage(request)  # a restore is an edit
@@ -247,6 +248,7 @@ async def restore_version(request: Request) -> Response:
             raise
         # It may have failed before the restore or after it (saving the named version).
         raise ApiError(503, _RESTORE_UNKNOWN, headers=RETRY_AFTER) from None
+    state.audit(request).record(doc_id, user, "restore", f"version {number}")
     return JSONResponse(
         {
             "restored_from": number,
@@ -268,7 +270,7 @@ def _summarize(
 async def diff_versions(request: Request) -> Response:
     """What changed from version `from` to version `to` (default: the document now)."""
     doc_id = _doc_id(request)
-    reader(request, doc_id)
+    await reader(request, doc_id)
     query = parse(DiffQuery, _query_data(request), prefix="")
     recorded, _ = await _recorded_kind(request, doc_id)
     engine = state.engine(request)
@@ -342,7 +344,9 @@ async def export(request: Request) -> Response:
     """The document, read-only, as Markdown, HTML or JSON: now, at version N, or as it was at
     a time (the newest version made at or before it)."""
     doc_id = _doc_id(request)
-    reader(request, doc_id)
+    caller = await reader(request, doc_id, share_ok=True)
+    if caller.share and not caller.export:
+        raise ApiError(403, "this share link does not open exports")
     query = parse(ExportQuery, _query_data(request))
     if query.version is not None and query.at is not None:
         raise ApiError(422, "version: give either version or at, not both", field="version")
@@ -384,6 +388,9 @@ async def export(request: Request) -> Response:
         # that renders it from a download. No scripts, no remote loads but images; downloads
         # allowed, or a sandboxed page could not follow its attachments' links.
         headers["Content-Security-Policy"] = f"{html_export.CSP}; sandbox allow-downloads"
+    state.audit(request).record(
+        doc_id, caller.user, "export", fmt if number is None else f"{fmt}, version {number}"
+    )
     return Response(body, headers=headers, media_type=CONTENT_TYPES[fmt])
 
 

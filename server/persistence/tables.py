@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -16,6 +17,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -52,6 +55,24 @@ users = Table(
         ForeignKey("departments.id", ondelete="SET NULL"),
         nullable=True,
     ),
+    # Sign-in (migration 0005). E-mail addresses are stored in lower case.
+    Column("email", String(254), nullable=True),
+    Column("role", String(16), nullable=False, server_default="member"),  # member|lead|admin
+    Column("active", Boolean, nullable=False, server_default=true()),
+    # An argon2id hash; None for a user who signs in elsewhere (or not yet).
+    Column("password_hash", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+    Index("uq_users_email", "email", unique=True),
+)
+
+# Tokens signed out before they expire, by id (the JWT's jti); a row may go once expired.
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("user", String(128), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=False),
 )
 
 folders = Table(
@@ -150,4 +171,53 @@ files = Table(
     UniqueConstraint("folder_id", "name", "version"),
     Index("ix_files_attached_doc", "attached_doc"),
     Index("ix_files_blob_key", "blob_key"),
+)
+
+# Access rules (migration 0006, server/access.py): each row gives `read` or `write` on one
+# folder (inherited beneath it) or one document to a department, a user, or everyone.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), nullable=True),
+    Column(
+        "doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), nullable=True
+    ),
+    Column("department", String(64), nullable=True),
+    Column("user_name", String(128), nullable=True),
+    Column("everyone", Boolean, nullable=False, server_default=false()),
+    Column("access", String(8), nullable=False),  # read | write
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=True),
+    Index("ix_grants_folder_id", "folder_id"),
+    Index("ix_grants_doc_id", "doc_id"),
+)
+
+# Share links (migration 0006): read-only, expiring, revocable tokens for one document. The
+# link's token carries `id` as its token id (jti).
+share_links = Table(
+    "share_links",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), nullable=False),
+    Column("allow_export", Boolean, nullable=False, server_default=false()),
+    Column("created_by", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Index("ix_share_links_doc_id", "doc_id"),
+)
+
+# What people did with a document that the update log does not show (migration 0006):
+# connections, exports, restores, access changes.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("doc_id", String(128), nullable=False),
+    Column("user_name", String(128), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("detail", String(300), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_audit_events_doc_id_at", "doc_id", "at"),
 )

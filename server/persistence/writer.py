@@ -109,8 +109,9 @@ class Writer:
         self._refusing = False  # `full` said yes since the last commit
         self._refusal_logged = -float("inf")
         self._attempt_started: float | None = None  # the commit attempt under way
-        # Called with the document id of every committed row (the catalog's hook): keep cheap.
-        self.on_commit: Callable[[str], None] | None = None
+        # Called with every committed row (the catalog's and the activity log's hook): it
+        # runs once per row, so it must stay cheap.
+        self.on_commit: Callable[[UpdateRecord], None] | None = None
         # Read when /metrics is scraped, rather than set on every commit.
         metrics.PERSIST_PENDING.set_function(self.uncommitted)
         metrics.PERSIST_PENDING_BYTES.set_function(self.pending_bytes)
@@ -354,7 +355,7 @@ class Writer:
         hook = self.on_commit
         for row in rows:
             if hook is not None:
-                hook(row.doc_id)
+                hook(row)
             backlog = self._backlog.get(row.doc_id)
             if backlog is not None:
                 backlog[0] += 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from shared.protocol import (
     AwarenessEntry,
@@ -15,6 +16,29 @@ if TYPE_CHECKING:
     from server.rooms.peer import Peer
 
 MAX_CLIENT_IDS_PER_PEER = 8
+# What a client may say about itself in its state's `user` field; the rest of that field is
+# the server's (who signed in).
+CLIENT_USER_KEYS = ("color", "colour", "colorLight")
+
+
+def stamp_identity(state: str, identity: dict[str, Any]) -> str:
+    """`state` (awareness JSON) with its `user` field replaced by `identity`, keeping the
+    colours a client chose. A state that is not a JSON object is left as it is: it carries
+    no name to forge."""
+    try:
+        value = json.loads(state)
+    except ValueError:
+        return state
+    if not isinstance(value, dict):
+        return state
+    claimed = value.get("user")
+    user = dict(identity)
+    if isinstance(claimed, dict):
+        for key in CLIENT_USER_KEYS:
+            if isinstance(claimed.get(key), str):
+                user[key] = claimed[key]
+    value["user"] = user
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class Awareness:
@@ -37,10 +61,16 @@ class Awareness:
         if len(peer.client_ids) + len(new_ids) > MAX_CLIENT_IDS_PER_PEER:
             raise ProtocolError("too many awareness client ids on one connection")
         kept: list[AwarenessEntry] = []
+        identity = peer.identity
+        stamped = False
         for entry in entries:
             owner = self.owners.get(entry.client_id)
             if owner is not None and owner is not peer:
                 continue
+            if identity is not None and entry.state != "null":
+                # Signed-in connections appear as who signed in, whatever they claim.
+                entry = entry._replace(state=stamp_identity(entry.state, identity))
+                stamped = True
             if owner is None:
                 self.owners[entry.client_id] = peer
                 peer.client_ids.add(entry.client_id)
@@ -51,7 +81,8 @@ class Awareness:
                 self.states[entry.client_id] = (entry.clock, entry.state)
         if not kept:
             return None
-        return kept, payload if len(kept) == len(entries) else encode_awareness_update(kept)
+        unchanged = len(kept) == len(entries) and not stamped
+        return kept, payload if unchanged else encode_awareness_update(kept)
 
     def remove(self, peer: Peer) -> list[AwarenessEntry]:
         """Forget `peer`'s clients; return the entries that tell everyone they left."""

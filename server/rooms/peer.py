@@ -6,10 +6,13 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server import metrics
 from server.origin import Origin
+
+if TYPE_CHECKING:
+    from server.auth import Principal
 
 log = logging.getLogger("tandem.rooms")
 _ids = itertools.count(1)
@@ -44,7 +47,9 @@ class Peer:
         "closed",
         "fd",
         "id",
+        "identity",
         "origin",
+        "principal",
         "read_only",
         "transport",
         "write",
@@ -58,8 +63,15 @@ class Peer:
         read_only: bool = False,
         buffer_limit: int = 32 * 1024 * 1024,
         fd: int | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self.id = next(_ids)
+        # Who signed in, with the token's id and scope: what access changes are checked
+        # against (server/rooms/enforcer.py). None: not subject to them (unit tests).
+        self.principal = principal
+        # The `user` field every presence state from this connection carries (id, name,
+        # department), whatever the client says; None: relayed as sent (no sign-in).
+        self.identity: dict[str, Any] | None = None
         self.transport = transport
         self.write: Callable[[bytes], None] = transport.write
         # A duplicate of the socket's descriptor, owned by the peer (closed by `release`),

@@ -11,14 +11,16 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from server import metrics
-from server.auth import AuthError, authenticate
+from server.auth import AuthError
 from server.metrics import TALLY
+from server.rooms.enforcer import Enforcer, admit
 from server.rooms.flood import FloodGuard, Flooding
 from server.rooms.peer import Peer
 from server.rooms.registry import LoadFailed, Registry
 from server.rooms.room import FULL_CODE, RejectedFrame
 from server.rooms.wire import writer_for
 from server.settings import Settings
+from server.signin import Authenticator
 from shared.protocol import MSG_AWARENESS
 
 log = logging.getLogger("tandem.rooms")
@@ -40,6 +42,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         return
     registry: Registry = scope["state"]["registry"]
     settings: Settings = scope["state"]["settings"]
+    auth: Authenticator = scope["state"]["auth"]
     doc_id = scope["path_params"]["doc_id"]
     client = "{}:{}".format(*tuple(scope.get("client") or ("?", 0)))
 
@@ -59,9 +62,8 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await close(4400, "invalid document id")
         return
     try:
-        principal = authenticate(settings.secret, _token(scope))
-        if not principal.may_open(doc_id):
-            raise AuthError(4403, "token is not valid for this document")
+        principal = await auth.authenticate(_token(scope))
+        admission = await admit(scope["state"]["access"], principal, doc_id)
     except AuthError as exc:
         log.info("ws refused doc=%s client=%s: %s", doc_id, client, exc.reason)
         await close(exc.code, exc.reason)
@@ -78,13 +80,22 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await close(4404, "document was deleted")
         return
 
+    enforcer: Enforcer = scope["state"]["enforcer"]
+    if not enforcer.connected(principal):
+        registry.release(doc_id)
+        limit = enforcer.max_connections_per_user
+        log.warning("ws refused doc=%s user=%s: over %d connections", doc_id, principal.user, limit)
+        await close(4429, f"too many connections for this user (at most {limit})")
+        return
     peer = Peer(
         wire.transport,
         user=principal.user,
-        read_only=principal.read_only,
+        read_only=admission.read_only,
         buffer_limit=settings.send_buffer_bytes,
         fd=wire.direct_fd(),
+        principal=principal,
     )
+    peer.identity = admission.identity
     guard = FloodGuard(
         settings.max_messages_per_second,
         settings.max_bytes_per_second,
@@ -102,8 +113,9 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         peer.id,
         principal.user,
         client,
-        " read-only" if principal.read_only else "",
+        " read-only" if admission.read_only else "",
     )
+    scope["state"]["audit"].record(doc_id, principal.user, "connect", client)
 
     def deliver(data: bytes) -> None:
         """The per-message hot path, called by the protocol as each frame is parsed."""
@@ -177,6 +189,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         peer.closed = True
         room.leave(peer)
         registry.release(doc_id)
+        enforcer.disconnected(principal)
         metrics.CONNECTIONS.dec()
         log.info(
             "ws close doc=%s peer=%d code=%s reason=%r frames=%d seconds=%.1f",
