@@ -13,6 +13,13 @@ MSG_SYNC = 0
 MSG_AWARENESS = 1
 MSG_AUTH = 2
 MSG_QUERY_AWARENESS = 3
+MSG_STORED = 100
+"""Tandem's extension to the y-protocols: "everything this state vector covers is committed
+to the server's database" (payload: a Yjs-encoded state vector). The server sends it only to
+a connection opened with `?durable=1` (DURABLE_PARAM), after each commit that stores that
+connection's updates; stock Yjs clients never ask, so they never receive a type they do not
+know. Clients never send it."""
+DURABLE_PARAM = "durable"
 
 SYNC_STEP1 = 0
 SYNC_STEP2 = 1
@@ -108,6 +115,9 @@ def decode_message(data: bytes) -> Message:
         payload, end = read_var_bytes(data, 1)
     elif kind == MSG_QUERY_AWARENESS:
         return Message(kind, -1, b"") if len(data) == 1 else _trailing()
+    elif kind == MSG_STORED:
+        sync = -1
+        payload, end = read_var_bytes(data, 1)
     elif kind == MSG_AUTH:
         # Clients never need to send auth messages; accept them only well-formed.
         if len(data) < 2:
@@ -140,6 +150,11 @@ def encode_update(update: bytes) -> bytes:
 
 def encode_awareness(payload: bytes) -> bytes:
     return b"\x01" + write_varuint(len(payload)) + payload
+
+
+def encode_stored(state_vector: bytes) -> bytes:
+    """The durable acknowledgement (MSG_STORED) for `state_vector`."""
+    return bytes((MSG_STORED,)) + write_varuint(len(state_vector)) + state_vector
 
 
 def encode_query_awareness() -> bytes:

@@ -14,6 +14,7 @@ from shared.protocol import (
     MSG_AUTH,
     MSG_AWARENESS,
     MSG_QUERY_AWARENESS,
+    MSG_STORED,
     MSG_SYNC,
     SYNC_STEP1,
     SYNC_STEP2,
@@ -27,6 +28,7 @@ from shared.protocol import (
     encode_awareness_update,
     encode_permission_denied,
     encode_query_awareness,
+    encode_stored,
     encode_sync_step1,
     encode_sync_step2,
     encode_update,
@@ -180,6 +182,21 @@ def test_query_awareness_round_trip() -> None:
     assert decode_message(encode_query_awareness()) == Message(MSG_QUERY_AWARENESS, -1, b"")
     with pytest.raises(ProtocolError, match="trailing"):
         decode_message(b"\x03\x00")
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 70000])
+def test_stored_round_trip(size: int) -> None:
+    sv = _real_state_vector()
+    frame = encode_stored(sv)
+    assert frame[0] == MSG_STORED == 100
+    assert frame[1:] == write_varuint(len(sv)) + sv
+    assert decode_message(frame) == Message(MSG_STORED, -1, sv)
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    assert decode_message(encode_stored(payload)) == Message(MSG_STORED, -1, payload)
+    with pytest.raises(ProtocolError, match="trailing"):
+        decode_message(frame + b"\x00")
+    with pytest.raises(ProtocolError, match="truncated payload"):
+        decode_message(frame[:-1])
 
 
 def test_permission_denied_round_trip() -> None:

@@ -12,11 +12,17 @@ rooms refuse new client updates (`full`) before applying them, and nothing alrea
 dropped. Each batch carries a random key, stored with its rows; a retry asks the store to
 write nothing if rows with that key are there already (a commit whose answer was lost), so
 every update is stored once.
+
+Records are numbered as they are queued and committed in that order: `mark` is the newest
+number, and `when_stored(mark, callback)` calls back once the commits have reached it, which
+is how a durable connection learns that its updates are stored (server/rooms/durable.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -89,6 +95,10 @@ class Writer:
         self._queued = 0
         self._stored = 0
         self._newest: dict[str, int] = {}
+        # Callbacks waiting for `_stored` to reach a number (`when_stored`): a heap of
+        # (number, arrival, callback), the arrival breaking ties so callbacks never compare.
+        self._waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._arrivals = itertools.count()
         self._wake = asyncio.Event()
         # When the newest update was queued, and how long after the one before it.
         self._last_add = -float("inf")
@@ -148,7 +158,40 @@ class Writer:
         self._stored += 1
         # Nothing was pending, so no `flush` is waiting for this record.
         self._committed_rows((record,), 1, started)
+        if self._waiters:
+            self._call_stored()
         return True
+
+    def mark(self) -> int:
+        """The number of the newest record queued (or committed on the spot) so far: once
+        `committed()` reaches it, everything handed to `add` before this call is stored."""
+        return self._queued
+
+    def committed(self) -> int:
+        """How many records are committed: records are numbered as queued (see `mark`) and
+        committed in that order, so every record numbered up to this is stored."""
+        return self._stored
+
+    def when_stored(self, mark: int, callback: Callable[[], None]) -> None:
+        """Call `callback()` once every record up to `mark` is committed: at once if that is
+        so already, otherwise right after the commit that gets there (while the database is
+        down, that waits for it). A callback must not raise and must stay cheap: it runs in
+        the commit path."""
+        if self._stored >= mark:
+            callback()
+            return
+        heapq.heappush(self._waiters, (mark, next(self._arrivals), callback))
+
+    def _call_stored(self) -> None:
+        """Call the `when_stored` callbacks whose records are all committed now."""
+        waiters = self._waiters
+        stored = self._stored
+        while waiters and waiters[0][0] <= stored:
+            callback = heapq.heappop(waiters)[2]
+            try:
+                callback()
+            except Exception:  # one caller's bug must not stop the commit loop
+                log.exception("a when_stored callback failed")
 
     def track(self, doc_id: str, rows: int, size: int) -> None:
         """Seed the compaction trigger with what a load found in the store."""
@@ -305,6 +348,8 @@ class Writer:
                 del self._pending[record.doc_id]
                 self._newest.pop(record.doc_id, None)
         self._committed_rows(rows, len(batch), started)
+        if self._waiters:
+            self._call_stored()
         async with self._committed:
             self._committed.notify_all()
 

@@ -13,6 +13,7 @@ from server.origin import Origin
 
 if TYPE_CHECKING:
     from server.auth import Principal
+    from server.rooms.durable import Acknowledgements
 
 log = logging.getLogger("tandem.rooms")
 _ids = itertools.count(1)
@@ -40,11 +41,13 @@ class Peer:
     """
 
     __slots__ = (
+        "acks",
         "backlogged",
         "buffer_limit",
         "client_ids",
         "close",
         "closed",
+        "durable",
         "fd",
         "id",
         "identity",
@@ -64,6 +67,7 @@ class Peer:
         buffer_limit: int = 32 * 1024 * 1024,
         fd: int | None = None,
         principal: Principal | None = None,
+        durable: bool = False,
     ) -> None:
         self.id = next(_ids)
         # Who signed in, with the token's id and scope: what access changes are checked
@@ -80,6 +84,10 @@ class Peer:
         self.backlogged = False
         self.origin = Origin("ws", user)
         self.read_only = read_only
+        # Opened with `?durable=1`: told (MSG_STORED) when its updates are committed; its
+        # pending acknowledgements, made by the room on its first update (server/rooms/durable.py).
+        self.durable = durable
+        self.acks: Acknowledgements | None = None
         self.buffer_limit = buffer_limit
         self.closed = False
         # Awareness client ids this connection announced; cleared for everyone when it leaves.

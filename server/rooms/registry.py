@@ -95,6 +95,7 @@ class Registry:
                 max_bytes=self.max_document_bytes,
                 presence_interval=self.presence_interval,
                 full=self.writer.full,
+                ledger=self.writer,
             )
             room.deleted = stored.deleted
 

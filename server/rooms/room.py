@@ -13,6 +13,7 @@ from server import metrics
 from server.metrics import TALLY
 from server.origin import Origin
 from server.rooms.awareness import Awareness
+from server.rooms.durable import Acknowledgements, Ledger
 from server.rooms.fanout import Fanout
 from server.rooms.peer import Peer
 from server.rooms.wire import frame_binary, update_frame
@@ -87,8 +88,12 @@ class Room:
         max_bytes: int = 0,
         presence_interval: float = 0,
         full: Backpressure | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.doc_id = doc_id
+        # The writer's numbering of what the sink was handed, for durable peers' acknowledgements
+        # (None: they get none).
+        self._ledger = ledger
         # Asked before a client's update is applied; a yes refuses it (see `_admit`).
         self._full = full
         # Seconds between two presence relays (0: relay each change at once; needs a
@@ -317,6 +322,8 @@ class Room:
         gone = self.awareness.remove(peer)
         if gone:
             self._relay_presence(gone, None, at_once=True)
+        if peer.acks is not None:
+            peer.acks.drop()
 
     def _relay_presence(
         self, entries: list[AwarenessEntry], payload: bytes | None, *, at_once: bool = False
@@ -368,6 +375,8 @@ class Room:
                 if self._full is not None and self._full(size):
                     self._admit(update)
                 self.apply_update(update, peer.origin, peer)
+                if peer.durable:
+                    self._acknowledge(peer)
                 return
         try:
             message = decode_message(data)
@@ -382,6 +391,8 @@ class Room:
                 if self._full is not None and self._full(len(update)):
                     self._admit(update)
                 self.apply_update(update, peer.origin, peer)
+                if peer.durable:
+                    self._acknowledge(peer)
             else:
                 metrics.READ_ONLY_WRITES_DROPPED.inc()
         elif kind == MSG_AWARENESS:
@@ -396,6 +407,18 @@ class Room:
             if presence is not None:
                 peer.send(frame_binary(encode_awareness(presence)))
         # Auth messages from clients carry nothing the server acts on.
+
+    def _acknowledge(self, peer: Peer) -> None:
+        """`peer` (durable) sent an update, applied or already known: acknowledge the state
+        vector as it is now once the writer has committed everything queued so far (every
+        update it covers was queued by then; see server/rooms/durable.py)."""
+        ledger = self._ledger
+        if ledger is None:
+            return
+        acks = peer.acks
+        if acks is None:
+            acks = peer.acks = Acknowledgements(peer, ledger)
+        acks.note(ledger.mark(), self.state_vector())
 
     def _admit(self, update: bytes) -> None:
         """The log is full: refuse a client update that would add content, before it is

@@ -21,7 +21,7 @@ from server.rooms.room import FULL_CODE, RejectedFrame
 from server.rooms.wire import writer_for
 from server.settings import Settings
 from server.signin import Authenticator
-from shared.protocol import MSG_AWARENESS
+from shared.protocol import DURABLE_PARAM, MSG_AWARENESS
 
 log = logging.getLogger("tandem.rooms")
 
@@ -61,8 +61,9 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     if not DOC_ID.fullmatch(doc_id):
         await close(4400, "invalid document id")
         return
+    token, durable = _query(scope)
     try:
-        principal = await auth.authenticate(_token(scope))
+        principal = await auth.authenticate(token)
         admission = await admit(scope["state"]["access"], principal, doc_id)
     except AuthError as exc:
         log.info("ws refused doc=%s client=%s: %s", doc_id, client, exc.reason)
@@ -94,6 +95,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         buffer_limit=settings.send_buffer_bytes,
         fd=wire.direct_fd(),
         principal=principal,
+        durable=durable,
     )
     peer.identity = admission.identity
     guard = FloodGuard(
@@ -108,12 +110,13 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     metrics.CONNECTIONS.inc()
     metrics.CONNECTIONS_TOTAL.inc()
     log.info(
-        "ws open doc=%s peer=%d user=%s client=%s%s",
+        "ws open doc=%s peer=%d user=%s client=%s%s%s",
         doc_id,
         peer.id,
         principal.user,
         client,
         " read-only" if admission.read_only else "",
+        " durable" if durable else "",
     )
     scope["state"]["audit"].record(doc_id, principal.user, "connect", client)
 
@@ -202,16 +205,19 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         )
 
 
-def _token(scope: Scope) -> str | None:
+def _query(scope: Scope) -> tuple[str | None, bool]:
+    """The token (query parameter `token`, else an `Authorization: Bearer` header) and
+    whether the client asks for durable acknowledgements (`durable=1`)."""
     raw: bytes = scope.get("query_string", b"")
     query = parse_qs(raw.decode("latin-1"))
+    durable = query.get(DURABLE_PARAM, ("0",))[-1].lower() in ("1", "true")
     if "token" in query:
-        return query["token"][0]
+        return query["token"][0], durable
     for name, value in scope.get("headers", []):
         if name == b"authorization" and value.lower().startswith(b"bearer "):
             token: str = value[7:].decode("latin-1")
-            return token
-    return None
+            return token, durable
+    return None, durable
 
 
 def _fit(reason: str) -> str:
