@@ -878,3 +878,17 @@ def test_cancellation_is_not_swallowed(fx: Fixture, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(fx.room, "_integrate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fx.room.receive(fx.peers[0], encode_update(update_inserting("x")))
+
+
+def test_a_client_that_said_goodbye_itself_is_not_announced_again_with_an_older_clock(
+    fx: Fixture,
+) -> None:
+    a, _, _ = fx.peers
+    fx.room.receive(a, awareness_frame((11, 5, '{"u":1}')))
+    fx.room.receive(a, awareness_frame((11, 6, "null")))  # the client's own goodbye
+    fx.clear()
+    fx.room.leave(a)
+    # A second "null" would carry clock 1 (the state and its clock are gone), which a
+    # y-protocols receiver takes as older than 6; had it replaced the client's own goodbye
+    # in a presence batch, the client would linger on every screen until its timeout.
+    assert all(t.writes == [] for t in fx.transports)

@@ -90,8 +90,11 @@ class Awareness:
         for client_id in peer.client_ids:
             if self.owners.get(client_id) is peer:
                 del self.owners[client_id]
-                clock = self.states.pop(client_id, (0, ""))[0]
-                gone.append(AwarenessEntry(client_id, clock + 1, "null"))
+                state = self.states.pop(client_id, None)
+                # A client that cleared its state itself said goodbye already, with a clock
+                # this one would not know: nothing more to announce.
+                if state is not None:
+                    gone.append(AwarenessEntry(client_id, state[0] + 1, "null"))
         peer.client_ids.clear()
         return gone
 
