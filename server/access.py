@@ -24,6 +24,7 @@ indexed row.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,6 +36,9 @@ from server.persistence.tables import departments, documents, folders, grants, u
 from server.persistence.workspace import now
 
 Access = Literal["none", "read", "write"]
+REMEMBERED = 100_000
+UNKNOWN_SECONDS = 60.0
+"""People and placements kept in memory at most; past that the memory starts over."""
 Role = Literal["member", "lead", "admin"]
 _RANK: dict[str, int] = {"none": 0, "read": 1, "write": 2}
 
@@ -175,9 +179,9 @@ async def load_rules(conn: AsyncConnection) -> Rules:
     return rules
 
 
-async def load_person(conn: AsyncConnection, name: str) -> Person:
-    """The user `name`; one without a row (a token issued for any name) is a member of no
-    department."""
+async def load_person(conn: AsyncConnection, name: str) -> tuple[Person, bool]:
+    """The user `name`, and whether it has a row; one without (a token issued for any name)
+    is a member of no department."""
     row = (
         await conn.execute(
             select(
@@ -192,8 +196,9 @@ async def load_person(conn: AsyncConnection, name: str) -> Person:
         )
     ).first()
     if row is None:
-        return Person(name)
-    return Person(row.name, row.dept, row.role or "member", bool(row.active), row.display_name)
+        return Person(name), False
+    person = Person(row.name, row.dept, row.role or "member", bool(row.active), row.display_name)
+    return person, True
 
 
 async def replace_grants(
@@ -237,13 +242,17 @@ class AccessControl:
         self.engine = engine
         self.enabled = enabled
         self._rules: Rules | None = None
-        self._people: dict[str, Person] = {}
+        self._people: dict[str, tuple[Person, bool, float]] = {}  # person, has a row, when
+        # Where each document sits (folder, department), as read: a reconnect storm opens the
+        # same documents over and over. Moves and department changes go through `changed`.
+        self._placements: dict[str, tuple[int | None, str | None]] = {}
         self._lock = asyncio.Lock()
 
     def changed(self) -> None:
         """Rules, folders, documents' placement or users changed: read them again."""
         self._rules = None
         self._people.clear()
+        self._placements.clear()
 
     async def rules(self) -> Rules:
         rules = self._rules
@@ -256,17 +265,24 @@ class AccessControl:
         return rules
 
     async def person(self, name: str) -> Person:
-        person = self._people.get(name)
-        if person is None:
-            async with self.engine.connect() as conn:
-                person = await load_person(conn, name)
-            if len(self._people) > 10_000:
-                self._people.clear()
-            self._people[name] = person
+        """The user `name`, from memory when seen lately. A name without a row is asked for
+        again after UNKNOWN_SECONDS: `tandem user add` writes to the database directly,
+        without telling the server."""
+        known = self._people.get(name)
+        if known is not None and (known[1] or time.monotonic() - known[2] < UNKNOWN_SECONDS):
+            return known[0]
+        async with self.engine.connect() as conn:
+            person, found = await load_person(conn, name)
+        if len(self._people) >= REMEMBERED:
+            self._people.clear()
+        self._people[name] = (person, found, time.monotonic())
         return person
 
     async def placement(self, doc_id: str) -> tuple[int | None, str | None]:
         """(folder id, department) of a document; (None, None) for one without a row yet."""
+        known = self._placements.get(doc_id)
+        if known is not None:
+            return known
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -275,7 +291,11 @@ class AccessControl:
                     )
                 )
             ).first()
-        return (row.folder_id, row.department) if row is not None else (None, None)
+        found = (row.folder_id, row.department) if row is not None else (None, None)
+        if len(self._placements) >= REMEMBERED:
+            self._placements.clear()
+        self._placements[doc_id] = found
+        return found
 
     async def document(
         self, name: str, doc_id: str, placement: tuple[int | None, str | None] | None = None

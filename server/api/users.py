@@ -204,6 +204,7 @@ async def create_user(request: Request) -> Response:
             )
     except IntegrityError:
         raise ApiError(409, "the user or e-mail address was taken meanwhile") from None
+    await state.access_changed(request)  # a name seen before without a row has one now
     return JSONResponse(
         accounts.user_json(row), 201, headers={"Location": f"/api/users/{quote(row.name)}"}
     )
