@@ -26,6 +26,10 @@
 // for that window, and the server's RSS is polled during it.
 // --procs N spreads the traffic scenarios' clients over N processes (this one forks the others),
 // for when one Node thread cannot keep up; by default everything runs in this one process.
+// --tokens FILE (a JSON list of strings) gives each client a token: the k-th client of the run
+// takes token k modulo the list's length, whichever process it runs in (a client's k is its
+// place in the traffic plan, which every process computes alike). The y-websocket dialect sends
+// it as `?token=` in the URL; the Hocuspocus dialect in its auth message.
 // Prints one JSON object on stdout; progress goes to stderr.
 
 import { fork } from 'node:child_process'
@@ -64,6 +68,7 @@ const { values: opt } = parseArgs({
     fresh: { type: 'string', default: '5' },
     'unloaded-rounds': { type: 'string', default: '0' },
     readyz: { type: 'string' },
+    tokens: { type: 'string' },
     seed: { type: 'string', default: '1' }
   }
 })
@@ -81,6 +86,24 @@ function fail (message) {
   console.error(`loadgen: ${message}`)
   process.exit(2)
 }
+
+const TOKENS = opt.tokens ? readTokens(opt.tokens) : null
+
+function readTokens (path) {
+  let tokens
+  try {
+    tokens = JSON.parse(readFileSync(path, 'utf8'))
+  } catch (err) {
+    fail(`--tokens: cannot read ${path}: ${err.message}`)
+  }
+  if (!Array.isArray(tokens) || !tokens.length || !tokens.every(t => typeof t === 'string' && t)) {
+    fail('--tokens: the file must hold a JSON list of non-empty strings')
+  }
+  return tokens
+}
+
+/** The token of the run's k-th client, or null without --tokens. */
+const tokenFor = (k) => TOKENS ? TOKENS[k % TOKENS.length] : null
 
 const log = (...args) => console.error(`[loadgen ${new Date().toISOString().slice(11, 23)}]`, ...args)
 // Milliseconds on the monotonic clock, which every process on the machine shares.
@@ -269,12 +292,16 @@ const stats = { unexpectedCloses: 0, closeCodes: {}, protocolErrors: 0 }
  * speaks (sync step 1 on open, answer the server's step 1 with step 2, updates as sync
  * messages). The Hocuspocus dialect is what `@hocuspocus/provider` sends: each message starts
  * with the document name as a varstring, and the first one is an auth message (token "").
+ * With a `token` the y-websocket dialect adds `?token=` to the URL (Tandem's sign-in), the
+ * Hocuspocus dialect sends it in its auth message.
  */
 class Client {
-  constructor (base, room, { hocuspocus }) {
-    this.url = `${base}/${room}`
+  constructor (base, room, { hocuspocus, token = null }) {
+    const query = token && !hocuspocus ? `?token=${encodeURIComponent(token)}` : ''
+    this.url = `${base}/${room}${query}`
     this.room = room
     this.hocuspocus = hocuspocus
+    this.token = token
     this.doc = new Y.Doc()
     this.ws = null
     this.synced = false
@@ -285,7 +312,7 @@ class Client {
   connect (timeoutMs) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        reject(new Error(`no sync within ${timeoutMs} ms: ${this.url}`))
+        reject(new Error(`no sync within ${timeoutMs} ms: ${this.where()}`))
         this.close()
       }, timeoutMs)
       this.resolveSynced = () => {
@@ -310,10 +337,15 @@ class Client {
         if (!this.closing) {
           stats.unexpectedCloses++
           stats.closeCodes[code] = (stats.closeCodes[code] || 0) + 1
-          if (!this.synced) this.rejectSynced(new Error(`closed with ${code} before sync: ${this.url}`))
+          if (!this.synced) this.rejectSynced(new Error(`closed with ${code} before sync: ${this.where()}`))
         }
       })
     })
+  }
+
+  /** The URL for messages: without the token, which is a credential. */
+  where () {
+    return this.url.split('?', 1)[0]
   }
 
   encoder (type) {
@@ -331,7 +363,7 @@ class Client {
     if (this.hocuspocus) {
       const auth = this.encoder(MSG_AUTH)
       encoding.writeVarUint(auth, AUTH_TOKEN)
-      encoding.writeVarString(auth, '')
+      encoding.writeVarString(auth, this.token ?? '')
       this.send(auth)
     }
     const step1 = this.encoder(MSG_SYNC)
@@ -429,6 +461,7 @@ function trafficPlan () {
   const procs = num('procs')
   const rooms = []
   const writers = [] // writer id -> its room
+  let clients = 0 // every member's place in the plan: which token it takes
   for (let r = 0; r < roomsN; r++) {
     const room = { name: `${opt.scenario}-${opt.tag}-${r}`, members: [], writerIds: [] }
     for (let k = 0; k < writersN + readersN; k++) {
@@ -438,7 +471,7 @@ function trafficPlan () {
         writers.push(room)
         room.writerIds.push(writerId)
       }
-      room.members.push({ room, owner, writerId })
+      room.members.push({ room, owner, writerId, index: clients++ })
     }
     rooms.push(room)
   }
@@ -466,7 +499,7 @@ class Partition {
     for (const room of plan.rooms) {
       for (const member of room.members) {
         if (member.owner !== shard) continue
-        const client = new Client(opt.url, room.name, { hocuspocus })
+        const client = new Client(opt.url, room.name, { hocuspocus, token: tokenFor(member.index) })
         client.member = member
         client.seen = new Map() // writer id -> { bits: Uint8Array, count }
         this.clients.push(client)
@@ -798,11 +831,13 @@ async function cold () {
   const timeoutMs = num('connect-timeout') * 1000
   const room = `cold-${opt.tag}`
   const random = prng(num('seed'))
+  let clients = 0 // each new client takes the next token
+  const newClient = () => new Client(opt.url, room, { hocuspocus, token: tokenFor(clients++) })
 
-  const builder = new Client(opt.url, room, { hocuspocus })
+  const builder = newClient()
   // A fixed client id: ids are written into the document, so a random one changes its size.
   builder.doc.clientID = 0x5eed0000 + num('seed')
-  const watcher = new Client(opt.url, room, { hocuspocus })
+  const watcher = newClient()
   await builder.connect(timeoutMs)
   await watcher.connect(timeoutMs)
   const text = builder.doc.getText('t')
@@ -838,7 +873,7 @@ async function cold () {
   log(`built in ${buildSeconds.toFixed(1)}s: ${docBytes} bytes, ${expectedLength} characters`)
 
   const measureOne = async () => {
-    const client = new Client(opt.url, room, { hocuspocus })
+    const client = newClient()
     const t0 = now()
     let step2At = null
     let step2Bytes = null

@@ -4,6 +4,8 @@
     .venv/bin/python bench/run.py --quick             # a short smoke run (about 3 minutes)
     .venv/bin/python bench/run.py --scenarios fanout,rooms --duration 60
     .venv/bin/python bench/run.py --persistence postgres
+    .venv/bin/python bench/run.py --servers tandem,tandem-auth --scenarios fanout,stress,rooms \
+        --only "fanout,stress,rooms 1000" --duration 15 --repeat 3   # the cost of sign-in
 
 For every case (one scenario at one size) each server is started fresh on a free port on
 127.0.0.1, the load generator (bench/loadgen.mjs, Node) runs against it, and the server is
@@ -14,6 +16,11 @@ table gives each figure per server and the ratio Tandem / best reference server.
 Servers: Tandem (`python -m server serve`, persistence on: SQLite in a scratch folder, or a
 scratch PostgreSQL database with --persistence postgres), `@y/websocket-server` and
 `@hocuspocus/server` (bench/servers/*.mjs, in memory). Run `npm ci` in bench/ first.
+
+`tandem-auth` (opt-in) is Tandem with sign-in on: a random TANDEM_SECRET, and every client of
+the load generator with a token of its own (users bench-0, bench-1, ..., none of them in the
+database, so with no access rules every document is open to them). Run beside `tandem`, the
+table gets a column auth / no auth, and a summary of each case's headline figure follows it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import datetime as dt
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -47,7 +55,9 @@ REFERENCES = ("y-websocket-server", "hocuspocus")
 # Opt-in, traffic scenarios only; it never counts as the best reference.
 FLOOR = "python-floor"
 DEFAULT_SERVERS = ("tandem", *REFERENCES)
-ALL_SERVERS = (*DEFAULT_SERVERS, FLOOR)
+# Opt-in: Tandem with sign-in on, every client with its own token. Never a reference either.
+AUTH = "tandem-auth"
+ALL_SERVERS = ("tandem", AUTH, *REFERENCES, FLOOR)
 ALL_SCENARIOS = ("fanout", "stress", "rooms", "cold", "persist")
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -101,7 +111,7 @@ def plan(opts: argparse.Namespace) -> list[Case]:
         }
         return Case(scenario, label, args, variants, budget)
 
-    main = tuple(f"tandem-{tandem_db}" if s == "tandem" else s for s in servers)
+    main = tuple(column(s, tandem_db) for s in servers)
     if "fanout" in opts.scenarios:
         for readers in [50] if quick else [50, 200, 500]:
             cases.append(traffic("fanout", f"fanout R={readers} @20/s", 1, 1, readers, 20, main))
@@ -145,6 +155,23 @@ def plan(opts: argparse.Namespace) -> list[Case]:
             traffic("persist-rooms", f"persist rooms {rooms}x2 @2/s", rooms, 2, 0, 2, variants)
         )
     return cases
+
+
+def column(server: str, persistence: str) -> str:
+    """The variant (and table column) a --servers name runs as: Tandem's names its database."""
+    if server == "tandem":
+        return f"tandem-{persistence}"
+    if server == AUTH:
+        return f"tandem-{persistence}-auth"
+    return server
+
+
+def case_clients(case: Case) -> int:
+    """How many clients the load generator opens in `case` (one token each with sign-in on)."""
+    args = case.args
+    if case.scenario == "cold":  # builder, watcher, one warm-up client, fresh ones, unloaded
+        return 3 + int(args["fresh"]) + int(args.get("unloaded-rounds", 0))
+    return int(args["rooms"]) * (int(args["writers"]) + int(args["readers"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,8 +256,20 @@ class PostgresScratch:
 class Server:
     """One server process, started fresh for one case and stopped after it."""
 
-    def __init__(self, variant: str, opts: argparse.Namespace, env: dict[str, str], tag: str):
+    def __init__(
+        self,
+        variant: str,
+        opts: argparse.Namespace,
+        env: dict[str, str],
+        tag: str,
+        clients: int = 0,
+    ):
         self.variant = variant
+        # "tandem-sqlite-auth": Tandem on SQLite with sign-in on, a token for each of `clients`.
+        self.auth = variant.startswith("tandem") and variant.endswith("-auth")
+        self.storage = variant.removesuffix("-auth")
+        self.clients = clients
+        self.tokens: Path | None = None  # the JSON list of tokens, with sign-in on
         self.opts = opts
         self.extra_env = env
         self.tag = tag
@@ -252,17 +291,19 @@ class Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
         if self.is_tandem:
-            if self.variant == "tandem-postgres":
+            if self.storage == "tandem-postgres":
                 self.pg = PostgresScratch(self.opts.pg_admin, f"tandem_bench_{self.tag}")
                 self.pg.create()
                 url = self.pg.url
-            elif self.variant == "tandem-memory":
+            elif self.storage == "tandem-memory":
                 url = "memory://"  # Tandem without persistence: documents in memory only
             else:
                 url = f"sqlite+aiosqlite:///{self.workdir / 'tandem.db'}"
             env.update({"TANDEM_DATABASE_URL": url, "TANDEM_LOG_LEVEL": "warning"})
             env.update(self.extra_env)
             env.update(self.opts.tandem_env)
+            if self.auth:
+                env["TANDEM_SECRET"] = self.issue_tokens()
             cmd = [
                 sys.executable,
                 "-m",
@@ -299,6 +340,19 @@ class Server:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"{self.variant} not ready within 60 s: {self.log_tail()}")
+
+    def issue_tokens(self) -> str:
+        """A fresh random secret, and a token signed with it for each client (users bench-0,
+        bench-1, ...), written to tokens.json in the work dir; returns the secret."""
+        from server.auth import issue_token  # the project's own; only this variant needs it
+
+        secret = secrets.token_urlsafe(48)  # 64 characters, 48 random bytes
+        # Long enough for any case (a case's budget is its duration plus 240 s).
+        ttl = 24 * 3600
+        tokens = [issue_token(secret, f"bench-{i}", ttl=ttl) for i in range(max(1, self.clients))]
+        self.tokens = self.workdir / "tokens.json"
+        self.tokens.write_text(json.dumps(tokens))
+        return secret
 
     def log_tail(self, n: int = 1500) -> str:
         try:
@@ -367,6 +421,8 @@ def run_loadgen(server: Server, case: Case, tag: str, opts: argparse.Namespace) 
         "clk-tck": CLK_TCK,
         "tag": tag,
     }
+    if server.tokens is not None:  # each client takes the next token of the list
+        args["tokens"] = server.tokens
     if case.scenario == "cold":
         if server.is_tandem:  # Tandem unloads idle rooms: also measure a load from storage
             args["readyz"] = f"{server.http_url}/readyz"
@@ -528,6 +584,67 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+# The figure the sign-in comparison judges each traffic case by (the one docs/PERFORMANCE.md
+# sets its targets on): fan-out by p99 latency; stress and rooms by server CPU seconds, since
+# delivered/s there is the offered load unless something saturates, and latency near saturation
+# flips between two states from run to run.
+HEADLINE = {"fanout": "p99 ms", "stress": "server CPU s", "rooms": "server CPU s"}
+# What the summary shows of each case: (figure, path in the result).
+AUTH_SUMMARY: list[tuple[str, str]] = [
+    ("p99 ms", "latency.p99_ms"),
+    ("delivered/s", "delivered_per_s"),
+    ("server CPU s", "server_cpu_s"),
+    ("ramp-up s", "ramp_s"),  # every client connects (and signs in) before the window
+]
+AUTH_LIMIT = 1.05
+
+
+def auth_summary(records: list[dict[str, Any]], plain: str, signed: str) -> str:
+    """Tandem with sign-in against without it, case by case: medians, their ratio, and the
+    ratio of each round (the two ran back to back in it); the headline figure marked `*`."""
+    header = ["case", "figure", plain, signed, "auth / no auth", "per round", "within 1.05x"]
+    rows = [header, ["---"] * len(header)]
+    cases: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    scenario_of: dict[str, str] = {}
+    for rec in records:
+        if rec["server"] in (plain, signed):
+            cases.setdefault(rec["label"], {}).setdefault(rec["server"], {})[rec["round"]] = rec
+            scenario_of[rec["label"]] = rec["scenario"]
+    for label, by_server in cases.items():
+        if not (by_server.get(plain) and by_server.get(signed)):
+            continue
+        headline = HEADLINE.get(scenario_of[label])
+        for name, path in AUTH_SUMMARY:
+            a = [dig(r["result"], path) for r in by_server[plain].values()]
+            b = [dig(r["result"], path) for r in by_server[signed].values()]
+            ma, mb = median_of(a), median_of(b)
+            if ma is None and mb is None:
+                continue
+            ratio = mb / ma if isinstance(ma, (int, float)) and ma and mb is not None else None
+            per_round = []
+            for r in sorted(set(by_server[plain]) & set(by_server[signed])):
+                x = dig(by_server[plain][r]["result"], path)
+                y = dig(by_server[signed][r]["result"], path)
+                per_round.append(f"{y / x:.2f}" if x and y is not None else "—")
+            verdict = ""
+            if name == headline and ratio is not None:
+                # Lower is better for every headline figure: auth may cost at most 5 % more.
+                verdict = "yes" if ratio <= AUTH_LIMIT else "NO"
+            marks = {s: mark_of([r["result"] for r in by_server[s].values()]) for s in by_server}
+            rows.append(
+                [
+                    label,
+                    name + (" *" if name == headline else ""),
+                    fmt(ma) + marks[plain],
+                    fmt(mb) + marks[signed],
+                    "—" if ratio is None else f"{ratio:.2f}",
+                    " ".join(per_round),
+                    verdict,
+                ]
+            )
+    return markdown(rows)
+
+
 def mark(result: dict[str, Any]) -> str:
     """The table's mark: (!) not ok (lost updates, errors), (g) the load generator was the limit."""
     if not result.get("ok", True):
@@ -554,12 +671,19 @@ def mark_of(results: list[dict[str, Any]]) -> str:
 
 
 def table(
-    records: list[dict[str, Any]], columns: list[str], ratio_of: str | None, references: list[str]
+    records: list[dict[str, Any]],
+    columns: list[str],
+    ratio_of: str | None,
+    references: list[str],
+    auth_pair: tuple[str, str] | None = None,
 ) -> str:
-    """A markdown table: one row per (case, figure), one column per server."""
+    """A markdown table: one row per (case, figure), one column per server; with `auth_pair`
+    (Tandem without and with sign-in) a last column divides the second by the first."""
     header = ["case", "figure", *columns]
     if ratio_of:
         header.append(f"{ratio_of} / best ref")
+    if auth_pair:
+        header.append("auth / no auth")
     rows = [header, ["---"] * len(header)]
     cases: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rec in records:
@@ -586,8 +710,17 @@ def table(
                     if best:
                         ratio = f"{mine / best:.2f}"
                 row.append(ratio)
+            if auth_pair:
+                plain, signed = (values.get(c) for c in auth_pair)
+                both = isinstance(plain, (int, float)) and isinstance(signed, (int, float))
+                row.append(f"{signed / plain:.2f}" if lower is not None and both and plain else "—")
             rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return markdown(rows)
+
+
+def markdown(rows: list[list[str]]) -> str:
+    """Rows (the first the header, the second "---" cells) as an aligned markdown table."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:
         cells = [
@@ -610,7 +743,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         default=",".join(DEFAULT_SERVERS),
-        help=f"comma separated, from {','.join(ALL_SERVERS)}",
+        help=f"comma separated, from {','.join(ALL_SERVERS)} (default "
+        f"{','.join(DEFAULT_SERVERS)}). {AUTH}: Tandem with sign-in on (a random "
+        "TANDEM_SECRET, every load generator client with its own token); beside tandem it adds "
+        "an auth / no auth column and a summary, e.g. --servers tandem,tandem-auth "
+        '--scenarios fanout,stress,rooms --only "fanout,stress,rooms 1000"',
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
     parser.add_argument("--duration", type=float, help="seconds of traffic per case (60; quick 6)")
@@ -718,11 +855,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
     elapsed = time.monotonic() - started
 
-    main_cols = [
-        f"tandem-{opts.persistence}" if s == "tandem" else s
-        for s in ALL_SERVERS
-        if s in opts.servers
-    ]
+    main_cols = [column(s, opts.persistence) for s in ALL_SERVERS if s in opts.servers]
+    plain, signed = column("tandem", opts.persistence), column(AUTH, opts.persistence)
+    auth_pair = (plain, signed) if plain in main_cols and signed in main_cols else None
     main_records = [r for r in records if not r["scenario"].startswith("persist")]
     persist_records = [r for r in records if r["scenario"].startswith("persist")]
     print(
@@ -734,7 +869,14 @@ def main(argv: list[str] | None = None) -> int:
     if main_records:
         tandem_col = main_cols[0] if main_cols[0].startswith("tandem") else None
         refs = [c for c in main_cols if c in REFERENCES]
-        print(table(main_records, main_cols, tandem_col if refs else None, refs))
+        print(table(main_records, main_cols, tandem_col if refs else None, refs, auth_pair))
+        if auth_pair:
+            print(
+                f"\nSign-in: {signed} (TANDEM_SECRET set, every client with its own token) "
+                f"against {plain}; * marks the figure each case is judged by (auth / no auth "
+                f"at most {AUTH_LIMIT}); per round: the ratio in each round\n"
+            )
+            print(auth_summary(main_records, plain, signed))
     if persist_records:
         print(
             "\nPersistence: the same traffic, Tandem on SQLite, on PostgreSQL, and with its "
@@ -758,10 +900,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in records if not r["result"].get("ok")]
     if failed:
         print("\nNot ok (lost updates, dropped connections or errors):")
-        for r in failed:
-            res = r["result"]
+        for rec in failed:
+            res = rec["result"]
             print(
-                f"  {r['label']} on {r['server']}: lost={res.get('lost')} "
+                f"  {rec['label']} on {rec['server']}: lost={res.get('lost')} "
                 f"closes={res.get('unexpected_closes')} {res.get('close_codes', '')} "
                 f"{res.get('error', '')}"
             )
@@ -777,7 +919,8 @@ def run_case(case: Case, variant: str, tag: str, opts: argparse.Namespace) -> di
         "params": case.args,
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
     }
-    server = Server(variant, opts, case.env if variant.startswith("tandem") else {}, tag)
+    env = case.env if variant.startswith("tandem") else {}
+    server = Server(variant, opts, env, tag, clients=case_clients(case))
     try:
         server.start()
         record["result"] = run_loadgen(server, case, tag, opts)
