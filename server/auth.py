@@ -12,6 +12,7 @@ exception (which would become an internal error instead of a refusal).
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import secrets
@@ -110,7 +111,7 @@ def issue_token(
 
 def verify_token(secret: str, token: str) -> Principal:
     """The principal `token` names; `AuthError` 4401 for any other string."""
-    if not is_compact(token):
+    if not is_compact(token) or not _canonical(token):
         raise invalid()
     try:
         claims = jwt.decode(
@@ -163,6 +164,20 @@ def _principal(claims: dict[str, Any]) -> Principal:
         share=share,
         export=share and export,
     )
+
+
+def _canonical(token: str) -> bool:
+    """Whether each part is base64url as `issue_token` writes it. A decoder ignores the
+    unused low bits of a part's last character, so several strings carry the same signature;
+    only one of them is the token that was issued."""
+    for part in token.split("."):
+        try:
+            raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except ValueError:
+            return False
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != part:
+            return False
+    return True
 
 
 def is_compact(token: str) -> bool:

@@ -300,6 +300,14 @@ QUERY_TOKEN = st.one_of(
 )
 
 
+def _verifies(token: str) -> bool:
+    try:
+        verify_token(SECRET, token)
+    except AuthError:
+        return False
+    return True
+
+
 def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
@@ -389,6 +397,9 @@ async def test_malformed_bearer_headers_get_4401_and_401(make_server: ServerFact
     )
     @given(raw=HEADER_TOKEN)
     def each(raw: bytes) -> None:
+        # A valid token with a space or tab appended is the valid token once the header
+        # value's trailing whitespace is dropped: not a malformed header.
+        assume(not _verifies(raw.rstrip(b" \t").decode("latin-1")))
         sent.append(raw.decode("latin-1"))
         run_on(loop, probe(raw))
 
