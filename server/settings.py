@@ -99,6 +99,34 @@ class Settings(BaseSettings):
     # Seed the Double-11 example workspace at start-up unless it is there already.
     demo: bool = False
 
+    # The sidecar (server/sidecar/): `tandem serve` runs it in the same process unless this
+    # is off (then run `tandem sidecar` beside it, or nobody is notified).
+    sidecar: bool = True
+    # How often the sidecar looks for new changes when nothing wakes it (SQLite from another
+    # process; PostgreSQL wakes it with NOTIFY and this is only a fallback).
+    sidecar_poll_ms: float = Field(default=200.0, gt=0, allow_inf_nan=False)
+    # Reminders before a task is due, in hours, and once more when it is overdue.
+    remind_first_hours: float = Field(default=24.0, gt=0, allow_inf_nan=False)
+    remind_last_hours: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    # A due date without a time of day means the end of that day in this time zone.
+    timezone: str = "UTC"
+    # Edits of a document by one person with pauses shorter than this are one burst: its
+    # owner and watchers hear of it once.
+    edit_burst_seconds: float = Field(default=600.0, ge=0, allow_inf_nan=False)
+    # The address links in notifications and e-mails start with (default: http://HOST:PORT).
+    public_url: str | None = None
+    # E-mail: notifications go out through this SMTP server when set (each user chooses off,
+    # one message per event, or an hourly digest).
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "tandem@localhost"
+    # Outgoing webhooks are retried with exponential backoff up to this many seconds apart,
+    # for as long as it takes.
+    webhook_backoff_max_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+
     @field_validator("database_url")
     @classmethod
     def _with_async_driver(cls, url: str) -> str:

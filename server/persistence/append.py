@@ -309,6 +309,11 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+# PostgreSQL delivers a NOTIFY when its transaction commits, never before.
+FEED_CHANNEL = "tandem_updates"
+NOTIFY_UPDATES = f"NOTIFY {FEED_CHANNEL}"
+
+
 class PostgresAppender:
     """A dedicated asyncpg connection: borrowing one from SQLAlchemy's pool costs a
     reset round trip per commit. Reconnects after a failure."""
@@ -358,6 +363,8 @@ class PostgresAppender:
                     "VALUES ($1, $2, $3, $4, $5, $6)",
                     [(r.doc_id, r.data, r.origin, r.author, stamp, key) for r in records],
                 )
+                # Wakes the sidecar's change feed (server/sidecar/feed.py) at commit.
+                await conn.execute(NOTIFY_UPDATES)
         except BaseException:
             # A connection in an unknown state is not reused.
             await self._discard()

@@ -221,3 +221,138 @@ audit_events = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_audit_events_doc_id_at", "doc_id", "at"),
 )
+
+# --- the sidecar (migration 0007, server/sidecar/) ------------------------------------------
+
+# How far each reader of a feed has consumed it: the update log ("updates", by seq), the
+# events for webhooks ("webhooks", by event id), the notifications for e-mail ("email").
+feed_checkpoints = Table(
+    "feed_checkpoints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The task projection: one row per task of every board, kept in step by the sidecar.
+task_index = Table(
+    "task_index",
+    metadata,
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True),
+    Column("task_id", String(128), primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("assignee", String(128), nullable=True),
+    Column("department", String(64), nullable=True),  # the task's, else the board's
+    Column("due", String(40), nullable=True),  # as written in the board
+    Column("due_at", DateTime(timezone=True), nullable=True),  # the moment it is due, UTC
+    Column("priority", String(16), nullable=False),
+    Column("watchers", JSON, nullable=True),
+    Column("created_by", String(128), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=True),
+    Index("ix_task_index_assignee", "assignee"),
+    Index("ix_task_index_due_at", "due_at"),
+    Index("ix_task_index_department", "department"),
+)
+
+# The messages of discussions the sidecar has seen: who takes part, what is new.
+message_index = Table(
+    "message_index",
+    metadata,
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True),
+    Column("message_id", String(128), primary_key=True),
+    Column("author", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# The editing bursts of documents, per editor: a change notification goes out once a burst.
+edit_bursts = Table(
+    "edit_bursts",
+    metadata,
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_name", String(128), primary_key=True),
+    Column("started_seq", BigInteger, nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+)
+
+# People watching a document or a folder's files (task watchers live in the board).
+watches = Table(
+    "watches",
+    metadata,
+    Column("user_name", String(128), primary_key=True),
+    Column("doc_id", String(128), ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_watches_doc_id", "doc_id"),
+)
+
+# Everything the sidecar derived, once: `key` is deterministic, so a change processed again
+# after a crash finds its event already there.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("key", String(400), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("doc_id", String(128), nullable=False),
+    Column("task_id", String(128), nullable=True),
+    Column("message_id", String(128), nullable=True),
+    Column("actor", String(128), nullable=True),
+    Column("data", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("uq_events_key", "key", unique=True),
+    Index("ix_events_doc_id_id", "doc_id", "id"),
+)
+
+# An event for one person.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", BigInteger, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("user_name", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("doc_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("read_at", DateTime(timezone=True), nullable=True),
+    Index("uq_notifications_user_name_event_id", "user_name", "event_id", unique=True),
+    Index("ix_notifications_user_name_id", "user_name", "id"),
+)
+
+# Per user: muted documents, events turned off, e-mail (off | each | digest).
+notification_prefs = Table(
+    "notification_prefs",
+    metadata,
+    Column("user_name", String(128), primary_key=True),
+    Column("data", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Outgoing webhooks: every event (or the kinds listed), signed with `secret`.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(200), nullable=False),
+    Column("kinds", JSON, nullable=True),
+    Column("active", Boolean, nullable=False, server_default=true()),
+    Column("created_by", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# One event for one webhook, until the receiver acknowledges it.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", BigInteger, ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("doc_id", String(128), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", String(300), nullable=True),
+    Index("uq_webhook_deliveries_webhook_id_event_id", "webhook_id", "event_id", unique=True),
+    Index("ix_webhook_deliveries_webhook_id_delivered_at", "webhook_id", "delivered_at"),
+)
