@@ -33,22 +33,18 @@ from server.api import (
     users,
     versions,
 )
+from server.api.describe import ERRORS as _ERRORS
+from server.api.describe import REF as _REF
+from server.api.describe import Error
+from server.api.describe import json_body as _json
+from server.api.describe import operation as _operation
+from server.api.describe import query as _query
 from server.api.fields import DOC_ID_RULE
 
-_REF = "#/components/schemas/{model}"
+# Route modules that describe their own paths and models: each has `openapi_paths()` and the
+# lists OPENAPI_INPUTS and OPENAPI_OUTPUTS of its pydantic models.
+DESCRIBED: tuple[Any, ...] = ()
 
-
-class ErrorBody(BaseModel):
-    status: int
-    message: str
-    field: str | None = None
-    details: list[dict[str, str]] | None = None
-
-
-class Error(BaseModel):
-    """Every error response: `{"error": {...}}`."""
-
-    error: ErrorBody
 
 
 _INPUTS: list[type[BaseModel]] = [
@@ -99,79 +95,6 @@ _OUTPUTS: list[type[BaseModel]] = [
     users.DepartmentList,
     Error,
 ]
-
-_ERRORS = {
-    401: "missing or invalid token",
-    403: "the token does not allow this",
-    404: "no such document, folder or file",
-    409: "conflicts with the current state",
-    413: "the body is too large",
-    422: "invalid input; `field` names the first problem",
-    429: "too many failed sign-ins for this account or address, or too many documents and "
-    "folders created this minute; try after Retry-After seconds",
-    503: "the database is unavailable (Retry-After): nothing was changed, or the message says "
-    "the change was applied to the live document and queued but is not stored yet",
-}
-
-
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": _REF.format(model=model.__name__)}
-
-
-def _json(model: type[BaseModel]) -> dict[str, Any]:
-    return {"application/json": {"schema": _ref(model)}}
-
-
-def _parameter_schema(prop: dict[str, Any]) -> dict[str, Any]:
-    """A query parameter's schema: an absent parameter is its null, so drop the null branch."""
-    schema = {k: v for k, v in prop.items() if k not in ("title", "description")}
-    options = [o for o in schema.pop("anyOf", []) if o != {"type": "null"}]
-    if len(options) == 1:
-        schema.update(options[0])
-    elif options:
-        schema["anyOf"] = options
-    if schema.get("default", 0) is None:
-        del schema["default"]
-    return schema
-
-
-def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = model.model_json_schema(ref_template=_REF)
-    required = set(schema.get("required", []))
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": name in required,
-            "schema": _parameter_schema(prop),
-            **({"description": prop["description"]} if "description" in prop else {}),
-        }
-        for name, prop in schema["properties"].items()
-    ]
-
-
-def _operation(
-    summary: str,
-    *,
-    ok: tuple[int, str, dict[str, Any] | None],
-    body: dict[str, Any] | None = None,
-    query: list[dict[str, Any]] | None = None,
-    errors: tuple[int, ...] = (401, 403),
-    tag: str,
-) -> dict[str, Any]:
-    status, description, content = ok
-    responses: dict[str, Any] = {str(status): {"description": description}}
-    if content is not None:
-        responses[str(status)]["content"] = content
-    for code in (*errors, 503):  # any request may find the database unavailable
-        responses[str(code)] = {"description": _ERRORS[code], "content": _json(Error)}
-    operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
-    if query:
-        operation["parameters"] = query
-    if body is not None:
-        operation["requestBody"] = {"required": True, "content": body}
-    return operation
-
 
 def _paths() -> dict[str, dict[str, Any]]:
     read, write = (401, 403, 404), (401, 403, 404, 409, 413, 422)
@@ -306,6 +229,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         **_version_paths(read, write),
         **_user_paths(read, write),
         **_access_paths(read, write),
+        **{path: item for module in DESCRIBED for path, item in module.openapi_paths().items()},
         "/api/openapi.json": {
             "get": {
                 "summary": "This description",
@@ -656,7 +580,9 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
 def document() -> dict[str, Any]:
     _, definitions = models_json_schema(
         [(model, "validation") for model in _INPUTS]
-        + [(model, "serialization") for model in _OUTPUTS],
+        + [(model, "validation") for module in DESCRIBED for model in module.OPENAPI_INPUTS]
+        + [(model, "serialization") for model in _OUTPUTS]
+        + [(model, "serialization") for module in DESCRIBED for model in module.OPENAPI_OUTPUTS],
         ref_template=_REF,
     )
     paths = _paths()
