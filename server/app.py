@@ -24,6 +24,7 @@ from server.api.auth import log_sign_in_status
 from server.audit import AuditLog
 from server.blobs import FileBlobStore
 from server.catalog import Catalog
+from server.notification_hub import NotificationHub
 from server.persistence import migrate
 from server.persistence.memory import MemoryStore
 from server.persistence.sql import SqlStore, create_engine
@@ -34,6 +35,7 @@ from server.rooms import session
 from server.rooms.enforcer import Enforcer
 from server.rooms.registry import Registry
 from server.settings import Settings
+from server.sidecar.service import Sidecar
 from server.signin import Authenticator
 
 log = logging.getLogger("tandem")
@@ -93,10 +95,19 @@ async def _running(
     catalog = None if settings.in_memory else Catalog(engine, store, registry)
     audit = AuditLog(engine)
 
+    # The sidecar in this process (unless turned off, or documents are only in memory):
+    # woken at each commit, and handing its notifications to this process's streams at once.
+    hub = NotificationHub(engine, poll_seconds=settings.sidecar_poll_ms / 1000)
+    sidecar = Sidecar(engine, settings) if settings.sidecar and not settings.in_memory else None
+    if sidecar is not None:
+        sidecar.listeners.append(hub.nudge)
+
     def committed(row: UpdateRecord) -> None:
         if catalog is not None:
             catalog.changed(row.doc_id)
         audit.edited(row)
+        if sidecar is not None:
+            sidecar.changed()
 
     writer.on_commit = committed
     # Access rules, and their changes reaching open connections (server/rooms/enforcer.py).
@@ -115,6 +126,8 @@ async def _running(
     if swept:
         log.warning("removed %d unfinished uploads left by an earlier process", swept)
     commit_loop = asyncio.get_running_loop().create_task(writer.run())
+    if sidecar is not None:
+        sidecar.start()
     where = "memory (nothing is stored)" if settings.in_memory else engine.url.render_as_string()
     log.info("tandem %s ready; documents in %s", __version__, where)
     try:
@@ -133,9 +146,14 @@ async def _running(
             "access_events": access_events,
             "enforcer": enforcer,
             "audit": audit,
+            "notification_hub": hub,
+            "sidecar": sidecar,
         }
     finally:
         auth.close()
+        await hub.close()
+        if sidecar is not None:
+            await sidecar.stop()
         await registry.close()
         await writer.close()
         if catalog is not None:

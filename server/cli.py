@@ -42,6 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seed the Double-11 example workspace if it is not there yet (TANDEM_DEMO=1)",
     )
 
+    serve.add_argument(
+        "--no-sidecar",
+        dest="sidecar",
+        action="store_false",
+        default=None,
+        help="do not run the sidecar (notifications, reminders, webhooks) in this process; "
+        "run `tandem sidecar` beside it instead (TANDEM_SIDECAR=0)",
+    )
+
+    sidecar = commands.add_parser(
+        "sidecar",
+        help="run the sidecar alone: notifications, reminders, task list, webhooks, e-mail",
+    )
+    sidecar.add_argument("--database-url", help="SQLAlchemy async URL (TANDEM_DATABASE_URL)")
+    sidecar.add_argument("--log-level", help="debug, info, warning (TANDEM_LOG_LEVEL)")
+
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the newest revision")
@@ -59,9 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument(
         "--doc", type=_doc_id, help="limit the token to this one document (default: every one)"
     )
-    token.add_argument(
-        "--read-only", action="store_true", help="grant read access only (no edits)"
-    )
+    token.add_argument("--read-only", action="store_true", help="grant read access only (no edits)")
     token.add_argument(
         "--ttl",
         type=_ttl,
@@ -97,6 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return usercli.run(args)
     if args.command == "db":
         return _db_upgrade(args)
+    if args.command == "sidecar":
+        from server.settings import Settings
+        from server.sidecar import command
+
+        settings = _settings(args)
+        assert isinstance(settings, Settings)
+        return command.run(settings)
     if args.command == "export":
         if (args.doc is None) == (args.folder is None):
             export.error("give either DOC or --folder F")
@@ -122,6 +143,7 @@ def _settings(args: argparse.Namespace) -> object:
             "ssl_certfile",
             "ssl_keyfile",
             "loop",
+            "sidecar",
         )
         if (value := getattr(args, key, None)) is not None
     }

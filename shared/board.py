@@ -50,6 +50,7 @@ __all__ = [
     "delete_task",
     "move_task",
     "read_board",
+    "read_task",
     "set_due",
     "set_priority",
     "set_subtask_done",
@@ -267,6 +268,30 @@ def _read_board(doc: Doc[Any]) -> tuple[Board, list[Problem]]:
         no_tasks: list[Task] = []
         tasks = guarded(log, "/tasks", "tasks", lambda: _read_tasks(doc, log), no_tasks)
     return Board(meta=meta, tasks=tuple(tasks)), log.problems()
+
+
+def read_task(doc: Doc[Any], task_id: str) -> Task | None:
+    """One task of a board, read as `read_board` reads it (None when it is not there or not
+    readable). Never raises because of the document's content."""
+
+    def read() -> Task | None:
+        log = ProblemLog()
+        with doc.transaction():
+            tasks_root = guarded(
+                log, "/tasks", "tasks", lambda: read_root(doc, "tasks", Map, log), None
+            )
+            if tasks_root is None or task_id not in tasks_root:
+                return None
+            value = tasks_root.get(task_id)
+            return guarded(
+                log,
+                pointer("/tasks", task_id),
+                "task",
+                partial(_read_task, task_id, value, log),
+                None,
+            )
+
+    return call_with_deep_stack(read)
 
 
 # --- writing --------------------------------------------------------------------------------

@@ -21,17 +21,24 @@ from server.api import (
     access,
     activity,
     auth,
+    calendar,
     docs,
     files,
     folders,
     live,
     messages,
+    notifications,
+    preferences,
+    progress,
     share,
+    task_list,
     tasks,
     text,
     updates,
     users,
     versions,
+    watches,
+    webhooks,
 )
 from server.api.describe import ERRORS as _ERRORS
 from server.api.describe import REF as _REF
@@ -43,7 +50,15 @@ from server.api.fields import DOC_ID_RULE
 
 # Route modules that describe their own paths and models: each has `openapi_paths()` and the
 # lists OPENAPI_INPUTS and OPENAPI_OUTPUTS of its pydantic models.
-DESCRIBED: tuple[Any, ...] = ()
+DESCRIBED: tuple[Any, ...] = (
+    notifications,
+    preferences,
+    watches,
+    webhooks,
+    task_list,
+    calendar,
+    progress,
+)
 
 
 

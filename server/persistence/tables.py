@@ -123,6 +123,10 @@ updates = Table(
     # committed on the spot (their outcome is always known) and rows from before 0003.
     Column("batch_key", BigInteger, nullable=True),
     Index("ix_updates_doc_id_seq", "doc_id", "seq"),
+    # A seq is never given twice, even after compaction deleted the newest rows (without
+    # AUTOINCREMENT SQLite would reuse their rowids): the sidecar reads the log by seq
+    # (migration 0007).
+    sqlite_autoincrement=True,
 )
 
 snapshots = Table(

@@ -9,7 +9,12 @@ of every board. `message_index` and `edit_bursts`: what the sidecar has seen of 
 and of editing bursts. `watches`: people watching a document. `events`: what the sidecar
 derived, each once (a unique, deterministic key); `notifications`: an event for one person;
 `notification_prefs`: per-user preferences. `webhooks` and `webhook_deliveries`: outgoing
-webhooks and what each still has to deliver. New tables only.
+webhooks and what each still has to deliver.
+
+On SQLite the `updates` table is rebuilt with AUTOINCREMENT: the sidecar reads the log in
+the order of `seq`, and without it SQLite gives the rowid of a deleted newest row (which
+compaction deletes) to the next row. Its counter starts above every seq ever given, as far
+as the snapshots remember.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ def _doc_fk(table: str, column: str = "doc_id") -> sa.ForeignKeyConstraint:
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        with op.batch_alter_table(
+            "updates", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ):
+            pass
+        op.execute("DELETE FROM sqlite_sequence WHERE name = 'updates'")
+        op.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'updates', max(top) FROM ("
+            "SELECT coalesce(max(seq), 0) AS top FROM updates "
+            "UNION ALL SELECT coalesce(max(upto_seq), 0) FROM snapshots)"
+        )
     op.create_table(
         "feed_checkpoints",
         sa.Column("name", sa.String(64), nullable=False),

@@ -1,0 +1,417 @@
+"""The feed processor: reads the update log from its checkpoint, keeps a replica of each
+board and discussion, and turns changes into the task projection, events and notifications.
+
+One step is one transaction: the projection rows, the messages seen, the editing bursts,
+the events, the notifications and the new checkpoint commit together or not at all. A
+process killed in the middle resumes from the old checkpoint with nothing half-written, and
+the same changes give the same event keys, so every notification is made exactly once.
+
+What a change did is found by comparing the projection as stored (not the replica's
+previous state) with the replica after the change, for the tasks the change touched.
+A replica is loaded from the document's snapshot plus its rows up to the checkpoint. When
+compaction has merged rows the processor had not read yet into a snapshot, the replica
+starts from that snapshot instead, and the comparison finds what those rows changed, in one
+step, attributed to no one (the rows and their authors are gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.access import AccessControl
+from server.persistence.tables import (
+    documents,
+    feed_checkpoints,
+    message_index,
+    snapshots,
+    task_index,
+    updates,
+)
+from server.settings import Settings
+from server.sidecar.clock import Clock, SystemClock
+from server.sidecar.derive import NewEvent, message_events, task_events, task_facts
+from server.sidecar.emit import writing
+from server.sidecar.feed import Change, ChangeFeed
+from server.sidecar.projection import CHECKPOINT, Pending, facts_of, write
+from server.sidecar.replica import Replica, follow, load_doc, recognise, refollow_if_retyped
+from shared.board import read_board, read_task
+from shared.discussion import read_discussion
+from shared.documents import call_with_deep_stack, is_panic
+
+log = logging.getLogger("tandem.sidecar")
+
+BATCH = 500  # changes per step (one transaction)
+REPLICAS = 256  # documents kept in memory; others are loaded again when they change
+RECONCILE_EVERY = 5.0  # seconds between looks for snapshots beyond the checkpoint
+
+
+class Processor:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        feed: ChangeFeed,
+        settings: Settings,
+        access: AccessControl,
+        clock: Clock | None = None,
+    ) -> None:
+        self.engine = engine
+        self.feed = feed
+        self.settings = settings
+        self.access = access
+        self.clock = clock or SystemClock()
+        self.zone = ZoneInfo(settings.timezone)
+        self.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip(
+            "/"
+        )
+        self.checkpoint: int | None = None
+        self._replicas: OrderedDict[str, Replica] = OrderedDict()
+        self._bursts: dict[tuple[str, str], tuple[int, datetime]] = {}
+        self._reconciled_at = 0.0
+        self._started = False
+        self._reconciled: dict[str, int] = {}  # doc id -> the snapshot's upto_seq, handled
+        self.on_notified: Callable[[list[int]], None] | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Process what the feed has; returns the number of changes consumed."""
+        try:
+            return await self._step()
+        except BaseException:
+            # Memory may be ahead of what was stored: start again from the database.
+            self._forget()
+            raise
+
+    async def _step(self) -> int:
+        if self.checkpoint is None:
+            self.checkpoint = await self._load_checkpoint()
+        after = self.checkpoint
+        pending = Pending()
+        reconcile = await self._due_for_reconcile(after)
+        changes = await self.feed.read(after, BATCH)
+        if not changes and not reconcile and self._started:
+            return 0
+        self._started = True  # the first step writes the checkpoint: "this process is at work"
+        for doc_id, upto in reconcile:
+            replica = await self._replica(doc_id, after)
+            if replica is not None:
+                self._derive(replica, None, upto, self.clock.now(), pending, all_tasks=True)
+        for change in changes:
+            replica = await self._replica(change.doc_id, after)
+            if replica is None:
+                continue
+            self._apply(replica, change, pending)
+        position = changes[-1].seq if changes else after
+        log.debug("feed: %d changes after %d, up to %d", len(changes), after, position)
+        async with writing(self.engine), self.engine.begin() as conn:
+            made = await write(conn, pending, position, self.access, self.clock.now())
+        self.checkpoint = position
+        if made and self.on_notified is not None:
+            self.on_notified(made)
+        return len(changes)
+
+    async def run(self) -> None:
+        poll = self.settings.sidecar_poll_ms / 1000
+        while True:
+            try:
+                consumed = await self.step()
+            except Exception:
+                log.exception("the sidecar could not process the change feed; trying again")
+                await self.clock.sleep(1.0)
+                continue
+            if consumed < BATCH:
+                await self.feed.wait(poll)
+
+    # -- replicas ------------------------------------------------------------------------------
+
+    def _forget(self) -> None:
+        self._replicas.clear()
+        self._reconciled.clear()
+        self._bursts.clear()
+        self.checkpoint = None
+
+    async def _replica(self, doc_id: str, after: int) -> Replica | None:
+        replica = self._replicas.get(doc_id)
+        if replica is not None:
+            self._replicas.move_to_end(doc_id)
+            # A document of no kind yet is looked at again now and then (its record gets a
+            # kind once the catalog recognises it; its content may make it a board).
+            if replica.kind is not None or time.monotonic() - replica.checked < 2.0:
+                return replica
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        documents.c.kind,
+                        documents.c.title,
+                        documents.c.department,
+                        documents.c.created_by,
+                        documents.c.snapshot_id,
+                        documents.c.deleted_at,
+                    ).where(documents.c.id == doc_id)
+                )
+            ).first()
+            if row is None or row.deleted_at is not None:
+                return None
+            if replica is None:
+                doc = await load_doc(conn, doc_id, row.snapshot_id, after)
+                replica = Replica(doc_id=doc_id, kind=None, doc=doc)
+                follow(replica)
+            replica.title, replica.department, replica.owner = (
+                row.title,
+                row.department,
+                row.created_by,
+            )
+            replica.checked = time.monotonic()
+            replica.kind = row.kind if row.kind in ("board", "discussion", "doc") else None
+            if replica.kind is None:
+                replica.kind = recognise(replica.doc)
+            if replica.kind == "board" and not replica.tasks:
+                rows = await conn.execute(select(task_index).where(task_index.c.doc_id == doc_id))
+                replica.tasks = {r.task_id: facts_of(r) for r in rows}
+            if replica.kind == "discussion" and not replica.messages:
+                rows = await conn.execute(
+                    select(message_index.c.message_id, message_index.c.author).where(
+                        message_index.c.doc_id == doc_id
+                    )
+                )
+                for r in rows:
+                    replica.messages.add(r.message_id)
+                    if r.author:
+                        replica.participants.add(r.author)
+                if replica.owner:
+                    replica.participants.add(replica.owner)
+        self._replicas[doc_id] = replica
+        if len(self._replicas) > REPLICAS:
+            self._replicas.popitem(last=False)
+        return replica
+
+    # -- one change ----------------------------------------------------------------------------
+
+    def _apply(self, replica: Replica, change: Change, pending: Pending) -> None:
+        if replica.kind == "doc":
+            if change.author:
+                self._burst(replica, change, pending)
+            return  # a text document's content is not needed here
+        replica.touched.clear()
+        replica.messages_touched = False
+        try:
+            call_with_deep_stack(lambda: replica.doc.apply_update(change.data))
+        except Exception as exc:
+            log.warning("change %d of %s does not apply: %s", change.seq, change.doc_id, exc)
+            return
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            log.warning("change %d of %s does not apply (panic)", change.seq, change.doc_id)
+            return
+        if replica.kind is None:
+            replica.kind = recognise(replica.doc)
+        self._derive(replica, change.author, change.seq, change.created_at, pending)
+
+    def _derive(
+        self,
+        replica: Replica,
+        actor: str | None,
+        seq: int,
+        at: datetime,
+        pending: Pending,
+        *,
+        all_tasks: bool = False,
+    ) -> None:
+        if replica.kind == "board":
+            self._board(replica, actor, seq, at, pending, all_tasks)
+        elif replica.kind == "discussion" and (replica.messages_touched or all_tasks):
+            self._discussion(replica, actor, at, pending)
+        else:
+            return
+        refollow_if_retyped(replica)
+
+    def _board(
+        self,
+        replica: Replica,
+        actor: str | None,
+        seq: int,
+        at: datetime,
+        pending: Pending,
+        all_tasks: bool,
+    ) -> None:
+        doc_id = replica.doc_id
+        if all_tasks:
+            board, _ = read_board(replica.doc)
+            current = {t.id: t for t in board.tasks}
+            touched = set(current) | set(replica.tasks)
+        else:
+            touched = set(replica.touched)
+            current = {}
+            for task_id in touched:
+                task = read_task(replica.doc, task_id)
+                if task is not None:
+                    current[task_id] = task
+        context = {"board_title": replica.title, "department": replica.department}
+        for task_id in sorted(touched):
+            task = current.get(task_id)
+            before = replica.tasks.get(task_id)
+            if task is None:
+                if before is not None:
+                    del replica.tasks[task_id]
+                    pending.tasks[(doc_id, task_id)] = (None, at, actor)
+                continue
+            after = task_facts(task, replica.department, self.zone)
+            if after == before:
+                continue
+            url = f"{self.base_url}/api/docs/{doc_id}/tasks/{task_id}"
+            pending.events.extend(
+                task_events(
+                    doc_id,
+                    task_id,
+                    before,
+                    after,
+                    actor=actor,
+                    seq=seq,
+                    at=at,
+                    context={**context, "url": url},
+                )
+            )
+            replica.tasks[task_id] = after
+            pending.tasks[(doc_id, task_id)] = (after, at, actor)
+
+    def _discussion(
+        self, replica: Replica, actor: str | None, at: datetime, pending: Pending
+    ) -> None:
+        discussion, _ = read_discussion(replica.doc)
+        context = {"title": replica.title or discussion.meta.title, "doc_title": replica.title}
+        for message in discussion.messages:
+            if message.id in replica.messages:
+                continue
+            replica.messages.add(message.id)
+            author = actor or message.author or None
+            url = f"{self.base_url}/api/docs/{replica.doc_id}/messages/{message.id}"
+            if not message.deleted:
+                pending.events.extend(
+                    message_events(
+                        replica.doc_id,
+                        message,
+                        replica.participants,
+                        actor=actor,
+                        at=at,
+                        context={**context, "url": url},
+                    )
+                )
+            if author:
+                replica.participants.add(author)
+            pending.messages.append(
+                {
+                    "doc_id": replica.doc_id,
+                    "message_id": message.id,
+                    "author": author,
+                    "created_at": at,
+                }
+            )
+
+    def _burst(self, replica: Replica, change: Change, pending: Pending) -> None:
+        """Edits of a document: its owner and watchers hear once per burst of one editor."""
+        author = change.author or ""
+        key = (replica.doc_id, author)
+        known = self._bursts.get(key)
+        window = self.settings.edit_burst_seconds
+        if known is not None and (change.created_at - known[1]).total_seconds() <= window:
+            self._bursts[key] = (known[0], change.created_at)
+            pending.bursts[key] = (known[0], change.created_at)
+            return
+        self._bursts[key] = (change.seq, change.created_at)
+        pending.bursts[key] = (change.seq, change.created_at)
+        pending.events.append(
+            NewEvent(
+                key=f"doc_changed:{replica.doc_id}:{author}:{change.seq}",
+                kind="doc_changed",
+                doc_id=replica.doc_id,
+                actor=author,
+                created_at=change.created_at,
+                recipients=set(),  # the owner and the watchers, filled in when written
+                data={
+                    "title": replica.title,
+                    "summary": f"{author} is editing “{replica.title or replica.doc_id}”",
+                    "url": f"{self.base_url}/api/docs/{replica.doc_id}",
+                },
+            )
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    # -- checkpoint and compaction -------------------------------------------------------------
+
+    async def _load_checkpoint(self) -> int:
+        async with self.engine.connect() as conn:
+            position = (
+                await conn.execute(
+                    select(feed_checkpoints.c.position).where(feed_checkpoints.c.name == CHECKPOINT)
+                )
+            ).scalar()
+        if position is not None:
+            return int(position)
+        return await self._bootstrap()
+
+    async def _bootstrap(self) -> int:
+        """A first start: what happened before is not news. The checkpoint starts at the end
+        of the log, and the projection is built from the documents as they are, silently."""
+        async with self.engine.connect() as conn:
+            last = (await conn.execute(select(func.max(updates.c.seq)))).scalar()
+            position = int(last or 0)
+            ids = [
+                r.id
+                for r in await conn.execute(
+                    select(documents.c.id).where(
+                        documents.c.deleted_at.is_(None),
+                        or_(
+                            documents.c.kind.in_(("board", "discussion")),
+                            documents.c.kind.is_(None),
+                        ),
+                    )
+                )
+            ]
+        pending = Pending()
+        for doc_id in ids:
+            replica = await self._replica(doc_id, position)
+            if replica is not None:
+                self._derive(replica, None, position, self.clock.now(), pending, all_tasks=True)
+        pending.events.clear()
+        async with writing(self.engine), self.engine.begin() as conn:
+            await write(conn, pending, position, self.access, self.clock.now())
+        if ids:
+            log.info(
+                "sidecar: first start, %d documents indexed, feed from seq %d", len(ids), position
+            )
+        return position
+
+    async def _due_for_reconcile(self, after: int) -> list[tuple[str, int]]:
+        """Documents whose snapshot holds rows beyond the checkpoint: compaction merged
+        them while the processor was behind; their replicas start from that snapshot."""
+        now = time.monotonic()
+        if now - self._reconciled_at < RECONCILE_EVERY:
+            return []
+        self._reconciled_at = now
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(snapshots.c.doc_id, snapshots.c.upto_seq)
+                .join(documents, documents.c.snapshot_id == snapshots.c.id)
+                .where(snapshots.c.upto_seq > after, documents.c.deleted_at.is_(None))
+            )
+            found = [
+                (r.doc_id, int(r.upto_seq))
+                for r in rows
+                if self._reconciled.get(r.doc_id) != int(r.upto_seq)
+            ]
+        for doc_id, upto in found:
+            self._reconciled[doc_id] = upto
+            # Load it again, from the snapshot that covers the rows it did not read.
+            self._replicas.pop(doc_id, None)
+        return found

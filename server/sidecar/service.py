@@ -1,0 +1,106 @@
+"""The sidecar as a whole: the feed processor, the reminders, webhooks and e-mail, each a
+task of its own, over one database. `tandem sidecar` runs it alone; `tandem serve` runs it
+in the server's process unless `--no-sidecar` (TANDEM_SIDECAR=0)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.access import AccessControl
+from server.settings import Settings
+from server.sidecar.clock import Clock, SystemClock
+from server.sidecar.feed import ChangeFeed, SqlFeed
+from server.sidecar.processor import Processor
+from server.sidecar.reminders import Reminders
+from server.sidecar.webhooks import WebhookSender
+
+log = logging.getLogger("tandem.sidecar")
+
+# The access rules and people are read again this often: they change in the server.
+ACCESS_REFRESH_SECONDS = 5.0
+
+
+class Sidecar:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        feed: ChangeFeed | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.feed = feed or SqlFeed(engine)
+        open_workspace = settings.secret is None and settings.jwks_url is None
+        self.access = AccessControl(engine, enabled=not open_workspace)
+        self.processor = Processor(engine, self.feed, settings, self.access, self.clock)
+        self.reminders = Reminders(engine, settings, self.access, self.clock)
+        self.webhooks = WebhookSender(engine, settings, self.clock)
+        self.email = _email_sender(engine, settings, self.clock)
+        self.listeners: list[Callable[[list[int]], None]] = []
+        self.processor.on_notified = self._notified
+        self.reminders.on_notified = self._notified
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _notified(self, ids: list[int]) -> None:
+        self.webhooks.nudge()
+        if self.email is not None:
+            self.email.nudge()
+        for listener in self.listeners:
+            listener(ids)
+
+    def changed(self) -> None:
+        """New updates were committed in this process: read the feed now."""
+        self.feed.nudge()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.processor.run(), name="sidecar-feed"),
+            loop.create_task(self.reminders.run(), name="sidecar-reminders"),
+            loop.create_task(self.webhooks.run(), name="sidecar-webhooks"),
+            loop.create_task(self._refresh_access(), name="sidecar-access"),
+        ]
+        if self.email is not None:
+            self._tasks.append(loop.create_task(self.email.run(), name="sidecar-email"))
+        log.info("sidecar running (feed, reminders, webhooks%s)", ", e-mail" if self.email else "")
+
+    async def _refresh_access(self) -> None:
+        while True:
+            await asyncio.sleep(ACCESS_REFRESH_SECONDS)
+            self.access.changed()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self.feed.close()
+        close = getattr(self.webhooks, "close", None)
+        if close is not None:
+            await close()
+
+    async def serve_forever(self) -> None:
+        self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()
+
+
+def _email_sender(engine: AsyncEngine, settings: Settings, clock: Clock) -> Any:
+    if not settings.smtp_host:
+        return None
+    from server.sidecar.email import EmailSender
+
+    return EmailSender(engine, settings, clock)

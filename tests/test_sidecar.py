@@ -1,0 +1,152 @@
+"""The sidecar end to end: a stock Yjs client's edit becomes a notification on the live
+stream of the person it concerns, within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from server.auth import issue_token
+from tests.conftest import ServerFactory, ServerProcess
+from tests.helpers import api
+from tests.yjs_node import NodeYClient
+
+SECRET = "sidecar-tests-secret-with-32-bytes-or-more"
+
+
+def token(user: str) -> str:
+    return issue_token(SECRET, user, ttl=3600)
+
+
+async def new_board(server: ServerProcess, owner: str, tasks: list[str]) -> tuple[str, list[str]]:
+    async with api(server, token(owner)) as http:
+        made = await http.post("/docs", json={"kind": "board", "title": "双十一 board"})
+        assert made.status_code == 201, made.text
+        board = made.json()["id"]
+        ids = []
+        for title in tasks:
+            task = await http.post(f"/docs/{board}/tasks", json={"title": title})
+            assert task.status_code == 201, task.text
+            ids.append(task.json()["id"])
+    return board, ids
+
+
+class Stream:
+    """A live notification stream (server-sent events), read in the background."""
+
+    def __init__(self, server: ServerProcess, user: str, last_event_id: int | None = None):
+        self.server = server
+        self.user = user
+        self.last_event_id = last_event_id
+        self.events: list[dict[str, Any]] = []
+        self.arrived: list[float] = []
+        self.opened = asyncio.Event()
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Stream:
+        self._task = asyncio.create_task(self._read())
+        await asyncio.wait_for(self.opened.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+    async def _read(self) -> None:
+        headers = {"Authorization": f"Bearer {token(self.user)}"}
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = str(self.last_event_id)
+        async with (
+            httpx.AsyncClient(base_url=self.server.http_url, timeout=None) as http,
+            http.stream("GET", "/api/notifications/stream", headers=headers) as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                self.opened.set()
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line == "" and data:
+                    self.events.append(json.loads("\n".join(data)))
+                    self.arrived.append(time.perf_counter())
+                    data = []
+                    self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.user} got {len(self.events)} of {count} events")
+            try:
+                await asyncio.wait_for(self.changed.wait(), left)
+            except TimeoutError:
+                pass
+
+
+async def wait_for_notification(server: ServerProcess, user: str, count: int = 1) -> None:
+    async with api(server, token(user)) as http:
+        for _ in range(100):
+            listed = (await http.get("/notifications")).json()
+            if listed["total"] >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{user} has no notification")
+
+
+@pytest.mark.interop
+async def test_an_assignment_by_a_stock_yjs_client_reaches_the_assignees_stream(
+    make_server: ServerFactory, database_url: str
+) -> None:
+    server = await make_server(database_url, TANDEM_SECRET=SECRET)
+    board, (task,) = await new_board(server, "刘洋", ["备货 10,000 件"])
+    latencies = []
+    async with Stream(server, "王小明") as stream:
+        client = await NodeYClient.start(server.ws_url, board, token("刘洋"))
+        try:
+            await client.call("wait_synced", timeout=10)
+            # Each assignment is stored before the next: two within one commit window are
+            # stored as one row, and only the last of them is news (see docs/SIDECAR.md).
+            for round_, who in enumerate(["王小明", "周婷", "王小明"]):
+                started = time.perf_counter()
+                await client.call(
+                    "map_set_deep", name="tasks", path=[task], key="assignee", value=who
+                )
+                if who == "王小明":
+                    expected = 1 if round_ == 0 else 2
+                    await stream.wait_for(expected, timeout=5)
+                    latencies.append(stream.arrived[expected - 1] - started)
+                else:
+                    await wait_for_notification(server, who)
+        finally:
+            await client.close()
+        await asyncio.sleep(0.5)
+    assert len(stream.events) == 2  # 周婷's assignment is not 王小明's business
+    first = stream.events[0]
+    assert first["kind"] == "assigned"
+    assert first["doc_id"] == board and first["task_id"] == task
+    assert first["actor"] == "刘洋"
+    assert first["data"]["title"] == "备货 10,000 件"
+    assert first["created_at"].endswith("Z")
+    assert isinstance(first["id"], int)
+    print(
+        "assignment -> notification on the stream: "
+        + ", ".join(f"{latency * 1000:.0f} ms" for latency in latencies)
+    )
+    assert max(latencies) < 1.0
+    async with api(server, token("周婷")) as http:
+        listed = (await http.get("/notifications")).json()
+    assert listed["unread"] == 1
+    assert listed["notifications"][0]["kind"] == "assigned"
