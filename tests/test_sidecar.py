@@ -150,3 +150,32 @@ async def test_an_assignment_by_a_stock_yjs_client_reaches_the_assignees_stream(
         listed = (await http.get("/notifications")).json()
     assert listed["unread"] == 1
     assert listed["notifications"][0]["kind"] == "assigned"
+
+
+async def test_a_new_file_version_is_news_to_its_earlier_uploaders_and_the_documents_owner(
+    make_server: ServerFactory, database_url: str
+) -> None:
+    server = await make_server(database_url, TANDEM_SECRET=SECRET)
+    board, _ = await new_board(server, "刘洋", [])
+    async with api(server, token("周婷")) as http:
+        folder = (await http.post("/folders", json={"name": "设计稿"})).json()["id"]
+        first = await http.post(
+            "/files", params={"folder_id": folder, "name": "海报.png"}, content=b"v1"
+        )
+        assert first.status_code == 201, first.text
+        attached = await http.post(f"/files/{first.json()['id']}/attach", json={"doc_id": board})
+        assert attached.status_code == 200, attached.text
+    async with api(server, token("王小明")) as http:
+        second = await http.post(
+            "/files", params={"folder_id": folder, "name": "海报.png"}, content=b"v2"
+        )
+        assert second.status_code == 201, second.text
+        assert second.json()["version"] == 2
+    await wait_for_notification(server, "周婷")
+    for user in ("周婷", "刘洋"):
+        async with api(server, token(user)) as http:
+            listed = (await http.get("/notifications")).json()["notifications"]
+        kinds = [(n["kind"], n["actor"], n["data"]["version"]) for n in listed]
+        assert ("file_changed", "王小明", 2) in kinds, (user, listed)
+    async with api(server, token("王小明")) as http:
+        assert (await http.get("/notifications")).json()["total"] == 0

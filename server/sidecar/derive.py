@@ -46,6 +46,8 @@ class NewEvent:
     task_id: str | None = None
     message_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    # A file in no document: who may read the folder hears of it (doc_id is "").
+    folder_id: int | None = None
 
 
 def due_moment(due: str | None, zone: ZoneInfo) -> datetime | None:

@@ -71,7 +71,7 @@ async def emit(conn: AsyncConnection, new: Sequence[NewEvent], access: AccessCon
         for user in sorted(event.recipients):
             if not prefs[user].wants(event.kind, event.doc_id):
                 continue
-            if not await _may_read(access, user, event.doc_id):
+            if not await _may_read(access, user, event):
                 continue
             note = await conn.execute(
                 insert(notifications).values(
@@ -86,10 +86,14 @@ async def emit(conn: AsyncConnection, new: Sequence[NewEvent], access: AccessCon
     return made
 
 
-async def _may_read(access: AccessControl, user: str, doc_id: str) -> bool:
+async def _may_read(access: AccessControl, user: str, event: NewEvent) -> bool:
     if not access.enabled:
         return True
     person = await access.person(user)
     if not person.active:
         return False
-    return at_least(await access.document(user, doc_id), "read")
+    if event.doc_id:
+        return at_least(await access.document(user, event.doc_id), "read")
+    if event.folder_id is not None:
+        return at_least(await access.folder(user, event.folder_id), "read")
+    return False

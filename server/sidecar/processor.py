@@ -36,11 +36,12 @@ from server.persistence.tables import (
     updates,
 )
 from server.settings import Settings
+from server.sidecar import files
 from server.sidecar.clock import Clock, SystemClock
 from server.sidecar.derive import NewEvent, message_events, task_events, task_facts
 from server.sidecar.emit import writing
 from server.sidecar.feed import Change, ChangeFeed
-from server.sidecar.projection import CHECKPOINT, Pending, facts_of, write
+from server.sidecar.projection import CHECKPOINT, Pending, facts_of, save_checkpoint, write
 from server.sidecar.replica import Replica, follow, load_doc, recognise, refollow_if_retyped
 from shared.board import read_board, read_task
 from shared.discussion import read_discussion
@@ -76,6 +77,7 @@ class Processor:
         self._bursts: dict[tuple[str, str], tuple[int, datetime]] = {}
         self._reconciled_at = 0.0
         self._started = False
+        self.files_checkpoint: int | None = None
         self._reconciled: dict[str, int] = {}  # doc id -> the snapshot's upto_seq, handled
         self.on_notified: Callable[[list[int]], None] | None = None
 
@@ -97,8 +99,17 @@ class Processor:
         pending = Pending()
         reconcile = await self._due_for_reconcile(after)
         changes = await self.feed.read(after, BATCH)
-        if not changes and not reconcile and self._started:
+        files_after = self.files_checkpoint
+        async with self.engine.connect() as conn:
+            if files_after is None:
+                files_after = await files.checkpoint(conn)
+                if files_after is None:  # a first start: earlier uploads are not news
+                    files_after = await files.newest(conn)
+            uploads, files_upto = await files.file_events(conn, files_after, self.base_url)
+        if not changes and not reconcile and self._started and files_upto == files_after:
+            self.files_checkpoint = files_upto
             return 0
+        pending.events.extend(uploads)
         self._started = True  # the first step writes the checkpoint: "this process is at work"
         for doc_id, upto in reconcile:
             replica = await self._replica(doc_id, after)
@@ -113,7 +124,9 @@ class Processor:
         log.debug("feed: %d changes after %d, up to %d", len(changes), after, position)
         async with writing(self.engine), self.engine.begin() as conn:
             made = await write(conn, pending, position, self.access, self.clock.now())
+            await save_checkpoint(conn, files.CHECKPOINT, files_upto, self.clock.now())
         self.checkpoint = position
+        self.files_checkpoint = files_upto
         if made and self.on_notified is not None:
             self.on_notified(made)
         return len(changes)
@@ -133,6 +146,7 @@ class Processor:
     # -- replicas ------------------------------------------------------------------------------
 
     def _forget(self) -> None:
+        self.files_checkpoint = None
         self._replicas.clear()
         self._reconciled.clear()
         self._bursts.clear()
