@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from pycrdt import Doc
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,7 +43,14 @@ from server.sidecar.derive import NewEvent, message_events, task_events, task_fa
 from server.sidecar.emit import writing
 from server.sidecar.feed import Change, ChangeFeed
 from server.sidecar.projection import CHECKPOINT, Pending, facts_of, save_checkpoint, write
-from server.sidecar.replica import Replica, follow, load_doc, recognise, refollow_if_retyped
+from server.sidecar.replica import (
+    Replica,
+    follow,
+    load_doc,
+    recognise,
+    refollow_if_retyped,
+    unfollow,
+)
 from shared.board import read_board, read_task
 from shared.discussion import read_discussion
 from shared.documents import call_with_deep_stack, is_panic
@@ -52,6 +60,9 @@ log = logging.getLogger("tandem.sidecar")
 BATCH = 500  # changes per step (one transaction)
 REPLICAS = 256  # documents kept in memory; others are loaded again when they change
 RECONCILE_EVERY = 5.0  # seconds between looks for snapshots beyond the checkpoint
+KINDS = ("board", "discussion", "doc")
+FOLLOWED = ("board", "discussion")  # the kinds whose content the sidecar keeps
+RECHECK_SECONDS = 30.0  # how often the record of a document of another kind is read again
 
 
 class Processor:
@@ -116,7 +127,7 @@ class Processor:
             if replica is not None:
                 self._derive(replica, None, upto, self.clock.now(), pending, all_tasks=True)
         for change in changes:
-            replica = await self._replica(change.doc_id, after)
+            replica = await self._replica(change.doc_id, change.seq - 1)
             if replica is None:
                 continue
             self._apply(replica, change, pending)
@@ -152,13 +163,14 @@ class Processor:
         self._bursts.clear()
         self.checkpoint = None
 
-    async def _replica(self, doc_id: str, after: int) -> Replica | None:
+    async def _replica(self, doc_id: str, upto: int) -> Replica | None:
+        """The replica of `doc_id`; a new one holds the document's rows up to `upto`."""
         replica = self._replicas.get(doc_id)
         if replica is not None:
             self._replicas.move_to_end(doc_id)
-            # A document of no kind yet is looked at again now and then (its record gets a
-            # kind once the catalog recognises it; its content may make it a board).
-            if replica.kind is not None or time.monotonic() - replica.checked < 2.0:
+            # Boards, discussions and text documents keep their kind. Another document's
+            # record is read again now and then: the catalog may have recognised it since.
+            if replica.kind in KINDS or time.monotonic() - replica.checked < RECHECK_SECONDS:
                 return replica
         async with self.engine.connect() as conn:
             row = (
@@ -175,19 +187,27 @@ class Processor:
             ).first()
             if row is None or row.deleted_at is not None:
                 return None
-            if replica is None:
-                doc = await load_doc(conn, doc_id, row.snapshot_id, after)
-                replica = Replica(doc_id=doc_id, kind=None, doc=doc)
-                follow(replica)
+            kind = row.kind if row.kind in KINDS else None
+            # Content is kept for boards and discussions only, and read once to recognise
+            # a document its record does not name yet.
+            wanted = kind in FOLLOWED or (kind is None and replica is None)
+            if replica is None or (wanted and not replica.loaded):
+                doc = await load_doc(conn, doc_id, row.snapshot_id, upto) if wanted else Doc()
+                replica = Replica(doc_id=doc_id, kind=None, doc=doc, loaded=wanted)
+                if wanted:
+                    follow(replica)
             replica.title, replica.department, replica.owner = (
                 row.title,
                 row.department,
                 row.created_by,
             )
             replica.checked = time.monotonic()
-            replica.kind = row.kind if row.kind in ("board", "discussion", "doc") else None
-            if replica.kind is None:
-                replica.kind = recognise(replica.doc)
+            if kind is None:
+                kind = (recognise(replica.doc) if replica.loaded else None) or "raw"
+            replica.kind = kind
+            if kind not in FOLLOWED and replica.loaded:
+                unfollow(replica)
+                replica.doc, replica.loaded = Doc(), False
             if replica.kind == "board" and not replica.tasks:
                 rows = await conn.execute(select(task_index).where(task_index.c.doc_id == doc_id))
                 replica.tasks = {r.task_id: facts_of(r) for r in rows}
@@ -211,10 +231,10 @@ class Processor:
     # -- one change ----------------------------------------------------------------------------
 
     def _apply(self, replica: Replica, change: Change, pending: Pending) -> None:
-        if replica.kind == "doc":
-            if change.author:
-                self._burst(replica, change, pending)
-            return  # a text document's content is not needed here
+        if replica.kind == "doc" and change.author:
+            self._burst(replica, change, pending)
+        if replica.kind not in FOLLOWED:
+            return  # a text document's or another document's content is not needed here
         replica.touched.clear()
         replica.messages_touched = False
         try:
@@ -227,8 +247,6 @@ class Processor:
                 raise
             log.warning("change %d of %s does not apply (panic)", change.seq, change.doc_id)
             return
-        if replica.kind is None:
-            replica.kind = recognise(replica.doc)
         self._derive(replica, change.author, change.seq, change.created_at, pending)
 
     def _derive(

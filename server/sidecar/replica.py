@@ -37,6 +37,7 @@ class Replica:
     messages_touched: bool = False
     checked: float = 0.0  # when its record was last read (time.monotonic)
     followed: list[tuple[str, Any, Any]] = field(default_factory=list)
+    loaded: bool = True  # False: `doc` is empty (the content is not kept for this kind)
 
 
 def follow(replica: Replica) -> None:
@@ -72,11 +73,15 @@ def refollow_if_retyped(replica: Replica) -> None:
     subscriptions on the old type may stop hearing of nested changes: take them anew."""
     root = "tasks" if replica.kind == "board" else "messages"
     if any(name == root and size(shared) == 0 for name, shared, _ in replica.followed):
-        for _, shared, subscription in replica.followed:
-            with contextlib.suppress(Exception):
-                shared.unobserve(subscription)
-        replica.followed.clear()
+        unfollow(replica)
         follow(replica)
+
+
+def unfollow(replica: Replica) -> None:
+    for _, shared, subscription in replica.followed:
+        with contextlib.suppress(Exception):
+            shared.unobserve(subscription)
+    replica.followed.clear()
 
 
 async def load_doc(
