@@ -32,6 +32,17 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class OneLinePerConnection(logging.Filter):
+    """Drops uvicorn's own lines about WebSocket connections ("... [accepted]", "connection
+    open", "connection closed"): the sync session logs one line when a connection opens and
+    one when it closes, with more in them. Refusals stay (uvicorn logs them with a status)."""
+
+    QUIET = frozenset({"connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg in self.QUIET or record.msg == '%s - "WebSocket %s" [accepted]')
+
+
 def configure(level: str = "info") -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -45,3 +56,6 @@ def install_redaction() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
+    quiet = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OneLinePerConnection) for f in quiet.filters):
+        quiet.addFilter(OneLinePerConnection())

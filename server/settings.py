@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     send_buffer_bytes: int = 32 * 1024 * 1024
     # A WebSocket ping every this many seconds; a client that has not answered one within as
     # long again is closed (1011). 0: no pings.
-    ping_interval_seconds: float = 20.0
+    ping_interval_seconds: float = 30.0
     # Seconds a room stays loaded after its last client leaves.
     room_grace_seconds: float = 10.0
     # The group-commit window: updates that come in a stream gather this long and are
