@@ -171,7 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from server import logs
+    from server import descriptors, logs
     from server.app import create_app
     from server.rooms.wire import WireProtocol
 
@@ -196,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = _quiet_server(config)
     logs.install_redaction()
     _settle_heap()
-    _raise_descriptor_limit()
+    descriptors.raise_limit()
     run_on_deep_stack(server)
     # uvicorn returns normally when startup fails (the lifespan raised); say so in the code.
     return 0 if server.started else 1
@@ -271,22 +271,6 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
-
-
-def _raise_descriptor_limit() -> None:
-    """Let the process open as many descriptors as its hard limit allows.
-
-    Each WebSocket takes two: the socket and the duplicate the room writes to (fanout.py).
-    A soft limit of 1024, common for services, would stop at about 500 connections.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # the kernel caps an infinite hard limit
-            pass
 
 
 def run_on_deep_stack(server: Any) -> None:

@@ -111,8 +111,10 @@ class ServerProcess:
         *,
         args: Sequence[str] = (),
         ca_file: str | None = None,
+        launcher: Sequence[str] = (),
     ):
         self.database_url = database_url
+        self.launcher = list(launcher)  # a command the server runs under (e.g. prlimit)
         self.workdir = workdir
         self.port = free_port()
         self.env = env or {}
@@ -145,7 +147,7 @@ class ServerProcess:
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", *self.args],
+            [*self.launcher, sys.executable, "-m", "server", "serve", *self.args],
             cwd=self.workdir,
             env=env,
             stdout=log,

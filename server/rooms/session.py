@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from server import metrics
+from server import descriptors, metrics
 from server.auth import AuthError
 from server.metrics import TALLY
 from server.rooms.enforcer import Enforcer, admit
@@ -109,6 +109,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     reason = ""
     metrics.CONNECTIONS.inc()
     metrics.CONNECTIONS_TOTAL.inc()
+    descriptors.opened()
     log.info(
         "ws open doc=%s peer=%d user=%s client=%s%s%s",
         doc_id,
@@ -194,6 +195,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         registry.release(doc_id)
         enforcer.disconnected(principal)
         metrics.CONNECTIONS.dec()
+        descriptors.closed()
         log.info(
             "ws close doc=%s peer=%d code=%s reason=%r frames=%d seconds=%.1f",
             doc_id,
