@@ -17,6 +17,7 @@ from starlette.routing import Route
 from server.access import Grant, grants_from_json, replace_grants
 from server.api import state
 from server.api.caller import principal
+from server.api.describe import READ_ERRORS, WRITE_ERRORS, json_body, operation
 from server.api.errors import ApiError, not_found, parse_body
 from server.api.fields import Department, UserName
 from server.persistence import workspace
@@ -121,3 +122,34 @@ routes = [
     Route("/docs/{doc_id}/access", get_access, methods=["GET"]),
     Route("/docs/{doc_id}/access", put_access, methods=["PUT"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [Grants]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = []
+
+
+def _openapi_rules(what: str) -> dict[str, Any]:
+    grants = json_body(Grants)
+    return {
+        "get": operation(
+            f"The grants of a {what} (admins, and leads of the owning department)",
+            ok=(200, "its grants", grants),
+            errors=READ_ERRORS,
+            tag="access",
+        ),
+        "put": operation(
+            f"Replace the grants of a {what}; open connections that lose access are "
+            "closed (4403) or made read-only at once",
+            ok=(200, "the grants now", grants),
+            body=grants,
+            errors=WRITE_ERRORS,
+            tag="access",
+        ),
+    }
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """Access rules of folders and documents (share links: share.py; activity: activity.py)."""
+    return {
+        "/api/folders/{folder_id}/access": _openapi_rules("folder (inherited beneath it)"),
+        "/api/docs/{doc_id}/access": _openapi_rules("document"),
+    }

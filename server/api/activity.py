@@ -7,6 +7,8 @@ listed newest first (server/audit.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,6 +16,7 @@ from starlette.routing import Route
 
 from server.api import state
 from server.api.caller import principal
+from server.api.describe import READ_ERRORS, json_body, operation
 from server.api.errors import ApiError, not_found
 from server.audit import activity
 from server.persistence import workspace
@@ -55,3 +58,20 @@ async def get_activity(request: Request) -> Response:
 
 
 routes = [Route("/docs/{doc_id}/activity", get_activity, methods=["GET"])]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = []
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [Activity]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/api/docs/{doc_id}/activity": {
+            "get": operation(
+                "Who connected, edited (per user and hour), exported, shared or restored "
+                "(admins, and leads of the owning department)",
+                ok=(200, "the activity", json_body(Activity)),
+                errors=READ_ERRORS,
+                tag="access",
+            ),
+        },
+    }

@@ -35,6 +35,7 @@ from server import passwords
 from server.access_events import AccessChange
 from server.api import state
 from server.api.caller import principal
+from server.api.describe import json_body, operation
 from server.api.errors import ApiError, parse_body
 from server.auth import LOCAL_USER, issue_token
 from server.limits import SlidingWindow
@@ -268,3 +269,38 @@ routes = [
     Route("/auth/logout", logout, methods=["POST"]),
     Route("/me", me, methods=["GET"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [LoginBody]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [User, LoginResult]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """Sign-in, sign-out and the caller; users and departments are in server/api/users.py."""
+    sign_in = operation(
+        "Sign in with a user id (or e-mail address) and password; every failure is the same "
+        '401 "wrong user or password"; 503 without TANDEM_SECRET',
+        ok=(200, "a token for the user", json_body(LoginResult)),
+        body=json_body(LoginBody),
+        errors=(401, 422, 429),
+        tag="users",
+    )
+    sign_in["security"] = []  # signing in needs no token
+    return {
+        "/api/auth/login": {"post": sign_in},
+        "/api/auth/logout": {
+            "post": operation(
+                "Revoke the token this request carries",
+                ok=(204, "signed out", None),
+                errors=(401, 422),
+                tag="users",
+            ),
+        },
+        "/api/me": {
+            "get": operation(
+                "The caller (the local user, an admin, when there is no sign-in)",
+                ok=(200, "the caller", json_body(User)),
+                errors=(401,),
+                tag="users",
+            ),
+        },
+    }

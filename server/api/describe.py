@@ -37,6 +37,11 @@ ERRORS = {
     "the change was applied to the live document and queued but is not stored yet",
 }
 
+# The usual error responses of an operation on one existing thing: READ_ERRORS for reading or
+# deleting it, WRITE_ERRORS for changing it with a body.
+READ_ERRORS: tuple[int, ...] = (401, 403, 404)
+WRITE_ERRORS: tuple[int, ...] = (401, 403, 404, 409, 413, 422)
+
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.api import state, storage
+from server.api import describe, state, storage
 from server.api.caller import reader
 from server.api.docs import require_document
 from server.api.errors import ApiError, not_found
@@ -182,3 +182,19 @@ async def get_content(request: Request) -> Response:
 routes = [
     Route("/docs/{doc_id}/content", get_content, methods=["GET"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = []
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [Content]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/api/docs/{doc_id}/content": {
+            "get": describe.operation(
+                "The live content of a board, doc or discussion as JSON",
+                ok=(200, "the content, and what in it does not fit", describe.json_body(Content)),
+                errors=(401, 403, 404, 409),
+                tag="content",
+            ),
+        },
+    }

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from server.api import live
 from server.api.caller import writer
+from server.api.describe import WRITE_ERRORS, json_body, operation
 from server.api.errors import ApiError, parse_body
 from server.api.fields import Reference, UserName
 from shared import discussion
@@ -116,3 +117,21 @@ async def post_message(request: Request) -> Response:
 routes = [
     Route("/docs/{doc_id}/messages", post_message, methods=["POST"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [MessageCreate]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [Message]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """A message outside a discussion is 409."""
+    return {
+        "/api/docs/{doc_id}/messages": {
+            "post": operation(
+                "Post a message to a discussion as the caller",
+                ok=(201, "the message", json_body(Message)),
+                body=json_body(MessageCreate),
+                errors=WRITE_ERRORS,
+                tag="content",
+            ),
+        },
+    }

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from server.access_events import AccessChange
 from server.api import state
 from server.api.caller import writer
+from server.api.describe import READ_ERRORS, WRITE_ERRORS, json_body, operation
 from server.api.errors import ApiError, not_found, parse_body
 from server.api.fields import Timestamp
 from server.auth import issue_token
@@ -174,3 +175,34 @@ routes = [
     Route("/docs/{doc_id}/share", list_shares, methods=["GET"]),
     Route("/docs/{doc_id}/share/{share_id}", revoke_share, methods=["DELETE"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [ShareCreate]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [ShareCreated, ShareLinkList]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/api/docs/{doc_id}/share": {
+            "post": operation(
+                "Create a read-only, expiring, revocable link to the document (writers)",
+                ok=(201, "the link and its token (shown once)", json_body(ShareCreated)),
+                body=json_body(ShareCreate),
+                errors=WRITE_ERRORS,
+                tag="access",
+            ),
+            "get": operation(
+                "The document's share links (writers)",
+                ok=(200, "its links", json_body(ShareLinkList)),
+                errors=READ_ERRORS,
+                tag="access",
+            ),
+        },
+        "/api/docs/{doc_id}/share/{share_id}": {
+            "delete": operation(
+                "Revoke a share link: its token is refused and its connections close at once",
+                ok=(204, "revoked", None),
+                errors=READ_ERRORS,
+                tag="access",
+            ),
+        },
+    }

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from server.api import live
 from server.api.caller import reader, writer
+from server.api.describe import WRITE_ERRORS, json_body, operation
 from server.api.errors import ApiError, not_found, parse_body
 from server.api.fields import Department, Notes, TagList, Title, UserName
 from shared import board
@@ -349,3 +350,63 @@ routes = [
         methods=["PATCH"],
     ),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [TaskCreate, TaskUpdate, SubtaskCreate, SubtaskUpdate]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [Task]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """A task operation on a document that is not a board is 409."""
+    task = json_body(Task)
+    return {
+        "/api/docs/{doc_id}/tasks": {
+            "post": operation(
+                "Add a task to a board",
+                ok=(201, "the task", task),
+                body=json_body(TaskCreate),
+                errors=WRITE_ERRORS,
+                tag="tasks",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}": {
+            "get": operation(
+                "A task", ok=(200, "the task", task), errors=(401, 403, 404, 409), tag="tasks"
+            ),
+            "patch": operation(
+                "Change a task: fields, status (a move), order, assignee, due, priority",
+                ok=(200, "the changed task", task),
+                body=json_body(TaskUpdate),
+                errors=WRITE_ERRORS,
+                tag="tasks",
+            ),
+            "delete": operation(
+                "Delete a task", ok=(204, "deleted", None), errors=WRITE_ERRORS, tag="tasks"
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}/complete": {
+            "post": operation(
+                "Mark a task done",
+                ok=(200, "the task", task),
+                errors=(401, 403, 404, 409),
+                tag="tasks",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}/subtasks": {
+            "post": operation(
+                "Add a subtask",
+                ok=(201, "the task with its new subtask last", task),
+                body=json_body(SubtaskCreate),
+                errors=WRITE_ERRORS,
+                tag="tasks",
+            ),
+        },
+        "/api/docs/{doc_id}/tasks/{task_id}/subtasks/{subtask_id}": {
+            "patch": operation(
+                "Tick or untick a subtask",
+                ok=(200, "the task", task),
+                body=json_body(SubtaskUpdate),
+                errors=WRITE_ERRORS,
+                tag="tasks",
+            ),
+        },
+    }

@@ -6,7 +6,7 @@ something other than a `doc` is 409.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.requests import Request
@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from server.api import live
 from server.api.caller import writer
+from server.api.describe import WRITE_ERRORS, json_body, operation
 from server.api.errors import ApiError, parse
 from shared import richtext
 
@@ -82,3 +83,25 @@ async def put_text(request: Request) -> Response:
 routes = [
     Route("/docs/{doc_id}/text", put_text, methods=["PUT"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [TextBody]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = []  # the answer is live.Content, listed there
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """Text outside a `doc` is 409."""
+    return {
+        "/api/docs/{doc_id}/text": {
+            "put": operation(
+                "Replace a doc's rich text with Markdown or plain text",
+                ok=(200, "the new content", json_body(live.Content)),
+                body={
+                    "text/markdown": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                    **json_body(TextBody),
+                },
+                errors=WRITE_ERRORS,
+                tag="content",
+            ),
+        },
+    }

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from server.api import live, state, storage
 from server.api.caller import writer
+from server.api.describe import WRITE_ERRORS, json_body, operation
 from server.api.errors import ApiError, parse
 from server.origin import Origin
 from server.rooms.room import RejectedFrame
@@ -114,3 +115,21 @@ async def apply_update(request: Request) -> Response:
 routes = [
     Route("/docs/{doc_id}/updates", apply_update, methods=["POST"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [UpdateBody]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [UpdateResult]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    return {
+        "/api/docs/{doc_id}/updates": {
+            "post": operation(
+                "Apply a raw Yjs update (octet-stream, or JSON with base64); a bad one is 422 "
+                "and nothing is stored",
+                ok=(200, "applied", json_body(UpdateResult)),
+                body={"application/octet-stream": {}, **json_body(UpdateBody)},
+                errors=WRITE_ERRORS,
+                tag="content",
+            ),
+        },
+    }

@@ -22,6 +22,8 @@ from starlette.routing import Route
 from server import passwords
 from server.api import state
 from server.api.auth import User, current_caller, sign_in_off
+from server.api.describe import READ_ERRORS, WRITE_ERRORS, json_body, operation
+from server.api.describe import query as query_parameters
 from server.api.errors import ApiError, not_found, parse_body, parse_query
 from server.api.fields import Department
 from server.auth import LOCAL_USER, Principal
@@ -357,3 +359,71 @@ routes = [
     Route("/departments/{department_id:int}", rename_department, methods=["PATCH"]),
     Route("/departments/{department_id:int}", delete_department, methods=["DELETE"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [UserCreate, UserUpdate, DepartmentBody]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [UserList, DepartmentOut, DepartmentList]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """Users and departments (sign-in is in server/api/auth.py). Changing them is for admins
+    (403 otherwise)."""
+    user = json_body(User)
+    return {
+        "/api/users": {
+            "get": operation(
+                "List users, optionally of one department",
+                ok=(200, "the users", json_body(UserList)),
+                query=query_parameters(UserQuery),
+                errors=(401, 403, 422),
+                tag="users",
+            ),
+            "post": operation(
+                "Add a user (admin)",
+                ok=(201, "created", user),
+                body=json_body(UserCreate),
+                errors=WRITE_ERRORS,
+                tag="users",
+            ),
+        },
+        "/api/users/{user_id}": {
+            "get": operation("A user", ok=(200, "the user", user), errors=READ_ERRORS, tag="users"),
+            "patch": operation(
+                "Change a user's display name, e-mail, department, role, active flag or "
+                "password (admin); leaving no active admin is 409",
+                ok=(200, "the changed user", user),
+                body=json_body(UserUpdate),
+                errors=WRITE_ERRORS,
+                tag="users",
+            ),
+        },
+        "/api/departments": {
+            "get": operation(
+                "List departments with their number of users",
+                ok=(200, "the departments", json_body(DepartmentList)),
+                errors=(401, 403),
+                tag="users",
+            ),
+            "post": operation(
+                "Add a department (admin)",
+                ok=(201, "created", json_body(DepartmentOut)),
+                body=json_body(DepartmentBody),
+                errors=WRITE_ERRORS,
+                tag="users",
+            ),
+        },
+        "/api/departments/{department_id}": {
+            "patch": operation(
+                "Rename a department; its folders and documents follow (admin)",
+                ok=(200, "the department", json_body(DepartmentOut)),
+                body=json_body(DepartmentBody),
+                errors=WRITE_ERRORS,
+                tag="users",
+            ),
+            "delete": operation(
+                "Delete a department nothing belongs to any more (admin)",
+                ok=(204, "deleted", None),
+                errors=(401, 403, 404, 409),
+                tag="users",
+            ),
+        },
+    }

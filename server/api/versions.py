@@ -22,6 +22,8 @@ from starlette.routing import Route
 
 from server.api import state, storage
 from server.api.caller import reader, writer
+from server.api.describe import READ_ERRORS, json_body, operation
+from server.api.describe import query as query_parameters
 from server.api.docs import require_document
 from server.api.errors import RETRY_AFTER, ApiError, parse, parse_body
 from server.api.fields import Timestamp
@@ -402,3 +404,75 @@ routes = [
     Route("/docs/{doc_id}/diff", diff_versions, methods=["GET"]),
     Route("/docs/{doc_id}/export", export, methods=["GET"]),
 ]
+
+OPENAPI_INPUTS: list[type[BaseModel]] = [VersionCreate]
+OPENAPI_OUTPUTS: list[type[BaseModel]] = [
+    DocVersion,
+    DocVersionList,
+    DocVersionDetail,
+    RestoreResult,
+    VersionDiff,
+]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """Version history, restore, change summaries and read-only exports. A version number is
+    unique across documents."""
+    exports: dict[str, Any] = {
+        media: {} for media in ("text/markdown", "text/html", "application/json")
+    }
+    return {
+        "/api/docs/{doc_id}/versions": {
+            "get": operation(
+                "A document's versions, newest first: named ones and the newest automatic ones",
+                ok=(200, "the versions", json_body(DocVersionList)),
+                errors=READ_ERRORS,
+                tag="versions",
+            ),
+            "post": operation(
+                "Save the document as it is now (every acknowledged edit) as a named version",
+                ok=(201, "the version", json_body(DocVersion)),
+                body=json_body(VersionCreate),
+                errors=(401, 403, 404, 413, 422),
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/versions/{number}": {
+            "get": operation(
+                "A version's metadata and content (the JSON read model)",
+                ok=(200, "the version", json_body(DocVersionDetail)),
+                errors=READ_ERRORS,
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/versions/{number}/restore": {
+            "post": operation(
+                'First save the current state as the named version "before restoring '
+                'version N" (restoring that one undoes this), then make the document read '
+                "as this version again, as a new change every connected client receives; "
+                'saved as the named version "restored from version N"',
+                ok=(200, "restored", json_body(RestoreResult)),
+                errors=(401, 403, 404, 422),
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/diff": {
+            "get": operation(
+                "What changed between two versions (to: default the document now)",
+                ok=(200, "the changes", json_body(VersionDiff)),
+                query=query_parameters(DiffQuery),
+                errors=(401, 403, 404, 422),
+                tag="versions",
+            ),
+        },
+        "/api/docs/{doc_id}/export": {
+            "get": operation(
+                "Export read-only as Markdown, HTML or JSON: now, at a version, or as it was "
+                "at a time (the newest version made at or before it)",
+                ok=(200, "the export, shown inline", exports),
+                query=query_parameters(ExportQuery),
+                errors=(401, 403, 404, 422),
+                tag="versions",
+            ),
+        },
+    }
