@@ -21,6 +21,8 @@ notification where it stopped; mail waits, nothing is lost, the sender never sto
 
 A sender started for the first time (no "email" checkpoint) begins at the newest
 notification: turning e-mail on does not mail out the past.
+
+What the messages say, and how they are put together, is in server/sidecar/mail_text.py.
 """
 
 from __future__ import annotations
@@ -30,15 +32,12 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import parseaddr
 from enum import Enum
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiosmtplib
 from sqlalchemy import and_, delete, func, or_, select
@@ -55,6 +54,15 @@ from server.persistence.tables import (
 )
 from server.settings import Settings
 from server.sidecar.clock import Clock, SystemClock
+from server.sidecar.mail_text import (
+    Item,
+    Person,
+    digest_message,
+    display_name,
+    mail_address,
+    single_message,
+    time_zone,
+)
 
 log = logging.getLogger("tandem.sidecar.email")
 
@@ -72,35 +80,12 @@ POLL_SECONDS = 1.0
 # While sending keeps failing, say so this often (not at every pass).
 WARN_EVERY = timedelta(minutes=5)
 SMTP_TIMEOUT = 30.0
-TITLE_MAX = 120
-SUMMARY_MAX = 2000
 
 
 class _Outcome(Enum):
     SENT = "sent"
     SKIPPED = "skipped"  # not sent and never will be (refused for good, or nothing to say)
     FAILED = "failed"  # try again next pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Person:
-    display: str
-    address: Address | None  # None: no usable address, or disabled
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """A notification with what its event says."""
-
-    id: int
-    user_name: str
-    kind: str
-    doc_id: str
-    created_at: datetime
-    task_id: str | None
-    message_id: str | None
-    actor: str | None
-    data: Mapping[str, Any]
 
 
 def digest_checkpoint(user: str) -> str:
@@ -113,63 +98,6 @@ def digest_checkpoint(user: str) -> str:
 
 def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _one_line(value: str, limit: int) -> str:
-    text = re.sub(r"\s+", " ", value).strip()
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _text(data: Mapping[str, Any], *keys: str) -> str | None:
-    for key in keys:
-        value = data.get(key)
-        if isinstance(value, str) and value.strip():
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-    return None
-
-
-def describe(item: _Item, actor: str) -> str:
-    """One line saying what happened, e.g. "王晓雯 assigned you 海报设计"."""
-    data = item.data
-    title = _one_line(_text(data, "title") or item.task_id or item.doc_id, TITLE_MAX)
-    due = _text(data, "due")
-    when = f" ({_one_line(due, 40)})" if due else ""
-    match item.kind:
-        case "assigned":
-            return f"{actor} assigned you {title}"
-        case "status_changed":
-            status = _text(data, "to_status", "status")
-            if status:
-                return f"{actor} moved {title} to {_one_line(status, 40)}"
-            return f"{actor} changed the status of {title}"
-        case "message":
-            return f"{actor} wrote in {title}"
-        case "mentioned":
-            return f"{actor} mentioned you in {title}"
-        case "doc_changed":
-            return f"{actor} edited {title}"
-        case "file_changed":
-            return f"{actor} uploaded a new version of {title}"
-        case "due_soon":
-            return f"{title} is due soon{when}"
-        case "due_imminent":
-            return f"{title} is due shortly{when}"
-        case "overdue":
-            return f"{title} is overdue{when}"
-        case _:
-            return f"{actor}: {item.kind} in {title}"
-
-
-def _address(name: str, display: str, email: str | None) -> Address | None:
-    if not email:
-        return None
-    try:
-        return Address(display_name=display, addr_spec=email)
-    except (ValueError, IndexError, HeaderParseError):
-        log.warning("user %s has an e-mail address that cannot be used: %r", name, email)
-        return None
 
 
 def _upsert(conn: AsyncConnection) -> Any:
@@ -191,11 +119,7 @@ class EmailSender:
         sender = parseaddr(settings.smtp_from)[1]
         self._sender = sender or settings.smtp_from
         self._domain = sender.rpartition("@")[2] or "localhost"
-        self._zone: tzinfo
-        try:
-            self._zone = ZoneInfo(settings.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            self._zone = UTC
+        self._zone: tzinfo = time_zone(settings.timezone)
 
     def nudge(self) -> None:
         """New notifications: look now instead of at the next poll."""
@@ -295,8 +219,17 @@ class EmailSender:
                     started[item.user_name] = item.id - 1
                 handled = item.id
             elif want.email == "each":
-                actor = self._display(people, item.actor)
-                outcome = await self._send(self._single(item, address, actor))
+                actor = display_name(people, item.actor)
+                message = single_message(
+                    item,
+                    address,
+                    actor,
+                    smtp_from=self.settings.smtp_from,
+                    domain=self._domain,
+                    zone=self._zone,
+                    now=self.clock.now(),
+                )
+                outcome = await self._send(message)
                 if outcome is _Outcome.FAILED:
                     break
                 sent += outcome is _Outcome.SENT
@@ -391,7 +324,7 @@ class EmailSender:
 
     async def _items(
         self, conn: AsyncConnection, *where: Any, limit: int, order: Any
-    ) -> list[_Item]:
+    ) -> list[Item]:
         rows = await conn.execute(
             select(
                 notifications.c.id,
@@ -410,7 +343,7 @@ class EmailSender:
             .limit(limit)
         )
         return [
-            _Item(
+            Item(
                 id=int(row.id),
                 user_name=row.user_name,
                 kind=row.kind,
@@ -424,9 +357,9 @@ class EmailSender:
             for row in rows
         ]
 
-    async def _people(self, conn: AsyncConnection, names: Iterable[str]) -> dict[str, _Person]:
+    async def _people(self, conn: AsyncConnection, names: Iterable[str]) -> dict[str, Person]:
         wanted = sorted(set(names))
-        found: dict[str, _Person] = {}
+        found: dict[str, Person] = {}
         for start in range(0, len(wanted), 500):
             rows = await conn.execute(
                 select(users.c.name, users.c.display_name, users.c.email, users.c.active).where(
@@ -435,16 +368,9 @@ class EmailSender:
             )
             for row in rows:
                 display = row.display_name or row.name
-                address = _address(row.name, display, row.email) if row.active else None
-                found[row.name] = _Person(display=display, address=address)
+                address = mail_address(row.name, display, row.email) if row.active else None
+                found[row.name] = Person(display=display, address=address)
         return found
-
-    @staticmethod
-    def _display(people: Mapping[str, _Person], name: str | None) -> str:
-        if name is None:
-            return "Someone"
-        person = people.get(name)
-        return person.display if person is not None else name
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -476,52 +402,7 @@ class EmailSender:
                 delete(feed_checkpoints).where(feed_checkpoints.c.name == digest_checkpoint(user))
             )
 
-    # --- messages --------------------------------------------------------------------------
-
-    def _time(self, moment: datetime) -> str:
-        return moment.astimezone(self._zone).strftime("%Y-%m-%d %H:%M")
-
-    def _message(self, address: Address, subject: str, body: str, message_id: str) -> EmailMessage:
-        message = EmailMessage()
-        message["From"] = self.settings.smtp_from
-        message["To"] = address
-        message["Subject"] = subject
-        message["Date"] = format_datetime(self.clock.now().astimezone(UTC))
-        message["Message-ID"] = message_id
-        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
-        message.set_content(body, charset="utf-8")
-        return message
-
-    def _details(self, item: _Item, indent: str = "") -> list[str]:
-        lines: list[str] = []
-        summary = _text(item.data, "summary")
-        if summary:
-            summary = summary.strip()
-            if len(summary) > SUMMARY_MAX:
-                summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
-            lines.extend(indent + line for line in summary.splitlines())
-        url = _text(item.data, "url")
-        if url:
-            lines.append(indent + url.strip())
-        return lines
-
-    def _single(self, item: _Item, address: Address, actor: str) -> EmailMessage:
-        line = describe(item, actor)
-        body = [line, ""]
-        details = self._details(item)
-        if details:
-            body += [*details, ""]
-        body += [
-            "-- ",
-            f"Tandem, {self._time(item.created_at)}. You get an e-mail for each notification; "
-            "change that in your notification preferences.",
-        ]
-        return self._message(
-            address,
-            f"[Tandem] {line}",
-            "\n".join(body) + "\n",
-            f"<tandem.n{item.id}@{self._domain}>",
-        )
+    # --- sending ---------------------------------------------------------------------------
 
     async def _send_digest(
         self, user: str, address: Address, prefs: Preferences, since: int, position: int
@@ -544,23 +425,13 @@ class EmailSender:
         wanted = [i for i in items if prefs.wants(i.kind, i.doc_id)]
         if not wanted:
             return _Outcome.SKIPPED, upto  # nothing left to tell: move on without a message
-        count = f"{len(wanted)} notification{'s' if len(wanted) != 1 else ''}"
-        body = [f"{count} since {self._time(wanted[0].created_at)}:", ""]
-        for item in wanted:
-            line = describe(item, self._display(actors, item.actor))
-            body.append(f"- {self._time(item.created_at)}  {line}")
-            body += self._details(item, indent="  ")
-        body += [
-            "",
-            "-- ",
-            "Tandem. You get a digest of your notifications at most once an hour; "
-            "change that in your notification preferences.",
-        ]
-        message = self._message(
+        message = digest_message(
+            [(item, display_name(actors, item.actor)) for item in wanted],
             address,
-            f"[Tandem] {count}",
-            "\n".join(body) + "\n",
-            f"<tandem.digest.n{wanted[0].id}-n{wanted[-1].id}.{len(wanted)}@{self._domain}>",
+            smtp_from=self.settings.smtp_from,
+            domain=self._domain,
+            zone=self._zone,
+            now=self.clock.now(),
         )
         return await self._send(message), upto
 
