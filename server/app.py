@@ -95,11 +95,15 @@ async def _running(
     catalog = None if settings.in_memory else Catalog(engine, store, registry)
     audit = AuditLog(engine)
 
-    # The sidecar in this process (unless turned off, or documents are only in memory):
-    # woken at each commit, and handing its notifications to this process's streams at once.
+    # Access rules, and their changes reaching open connections (server/rooms/enforcer.py).
+    access = AccessControl(engine, enabled=not auth.open)
+    # Live notification streams of this process; the sidecar in this process (unless turned
+    # off, or documents are only in memory) is woken at each commit, shares the access
+    # rules, and hands its notifications to the streams at once.
     hub = NotificationHub(engine, poll_seconds=settings.sidecar_poll_ms / 1000)
-    sidecar = Sidecar(engine, settings) if settings.sidecar and not settings.in_memory else None
-    if sidecar is not None:
+    sidecar: Sidecar | None = None
+    if settings.sidecar and not settings.in_memory:
+        sidecar = Sidecar(engine, settings, access=access)
         sidecar.listeners.append(hub.nudge)
 
     def committed(row: UpdateRecord) -> None:
@@ -110,8 +114,6 @@ async def _running(
             sidecar.changed()
 
     writer.on_commit = committed
-    # Access rules, and their changes reaching open connections (server/rooms/enforcer.py).
-    access = AccessControl(engine, enabled=not auth.open)
     access_events = LocalAccessEvents()
     enforcer = Enforcer(
         registry, access, max_connections_per_user=settings.max_connections_per_user

@@ -13,7 +13,7 @@ import pytest
 
 from server.auth import issue_token
 from tests.conftest import ServerFactory, ServerProcess
-from tests.helpers import api
+from tests.helpers import api, query
 from tests.yjs_node import NodeYClient
 
 SECRET = "sidecar-tests-secret-with-32-bytes-or-more"
@@ -179,3 +179,56 @@ async def test_a_new_file_version_is_news_to_its_earlier_uploaders_and_the_docum
         assert ("file_changed", "王小明", 2) in kinds, (user, listed)
     async with api(server, token("王小明")) as http:
         assert (await http.get("/notifications")).json()["total"] == 0
+
+
+async def test_nobody_hears_of_a_document_they_cannot_read(
+    make_server: ServerFactory, database_url: str
+) -> None:
+    """An assignment on a board of another department's private folder makes the event (for
+    webhooks) but no notification for the assignee, until the department is granted read."""
+    server = await make_server(database_url, TANDEM_SECRET=SECRET, TANDEM_DEMO="1")
+    async with api(server, token("吴浩")) as admin:
+        made = await admin.post("/folders", json={"name": "运营内部", "department": "运营部"})
+        assert made.status_code == 201, made.text
+        folder = made.json()["id"]
+    async with api(server, token("刘洋")) as ops:
+        made = await ops.post(
+            "/docs", json={"kind": "board", "title": "内部看板", "folder_id": folder}
+        )
+        assert made.status_code == 201, made.text
+        board = made.json()["id"]
+        task = (await ops.post(f"/docs/{board}/tasks", json={"title": "盘点仓库"})).json()["id"]
+        assert (
+            await ops.patch(f"/docs/{board}/tasks/{task}", json={"assignee": "周婷"})
+        ).status_code == 200
+        # The event is made: the sidecar has read the change.
+        for _ in range(100):
+            rows = await query(
+                database_url, f"SELECT count(*) FROM events WHERE doc_id = '{board}'"
+            )
+            if rows[0][0]:
+                break
+            await asyncio.sleep(0.1)
+        assert rows[0][0] == 1
+    async with api(server, token("周婷")) as service:
+        listed = (await service.get("/notifications", params={"limit": 500})).json()
+    assert [n for n in listed["notifications"] if n["doc_id"] == board] == []
+    async with api(server, token("吴浩")) as admin:
+        granted = await admin.put(
+            f"/folders/{folder}/access",
+            json={"grants": [{"department": "客服部", "access": "read"}]},
+        )
+        assert granted.status_code == 200, granted.text
+    async with api(server, token("刘洋")) as ops:
+        for who in ("王小明", "周婷"):
+            await ops.patch(f"/docs/{board}/tasks/{task}", json={"assignee": who})
+            await asyncio.sleep(0.5)  # stored apart: two changes, two assignments
+    mine: list[dict[str, Any]] = []
+    async with api(server, token("周婷")) as service:
+        for _ in range(50):
+            listed = (await service.get("/notifications", params={"limit": 500})).json()
+            mine = [n for n in listed["notifications"] if n["doc_id"] == board]
+            if mine:
+                break
+            await asyncio.sleep(0.1)
+    assert [(n["kind"], n["task_id"]) for n in mine] == [("assigned", task)]

@@ -34,13 +34,17 @@ class Sidecar:
         *,
         clock: Clock | None = None,
         feed: ChangeFeed | None = None,
+        access: AccessControl | None = None,
     ) -> None:
+        """`access`: the server's own access rules when in its process (they are reloaded
+        at each change there); a sidecar of its own reads them again every few seconds."""
         self.engine = engine
         self.settings = settings
         self.clock = clock or SystemClock()
         self.feed = feed or SqlFeed(engine)
         open_workspace = settings.secret is None and settings.jwks_url is None
-        self.access = AccessControl(engine, enabled=not open_workspace)
+        self.shared_access = access is not None
+        self.access = access or AccessControl(engine, enabled=not open_workspace)
         self.processor = Processor(engine, self.feed, settings, self.access, self.clock)
         self.reminders = Reminders(engine, settings, self.access, self.clock)
         self.webhooks = WebhookSender(engine, settings, self.clock)
@@ -67,8 +71,9 @@ class Sidecar:
             loop.create_task(self.processor.run(), name="sidecar-feed"),
             loop.create_task(self.reminders.run(), name="sidecar-reminders"),
             loop.create_task(self.webhooks.run(), name="sidecar-webhooks"),
-            loop.create_task(self._refresh_access(), name="sidecar-access"),
         ]
+        if not self.shared_access:
+            self._tasks.append(loop.create_task(self._refresh_access(), name="sidecar-access"))
         if self.email is not None:
             self._tasks.append(loop.create_task(self.email.run(), name="sidecar-email"))
         log.info("sidecar running (feed, reminders, webhooks%s)", ", e-mail" if self.email else "")
