@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.cli import _raise_descriptor_limit
+from server.descriptors import raise_limit
 from server.rooms.fanout import Fanout, write_all
 from server.rooms.peer import Peer
 from server.rooms.room import Room
@@ -214,7 +214,7 @@ def test_serve_raises_the_soft_descriptor_limit_to_the_hard_one() -> None:
     low = min(256, hard) if hard != resource.RLIM_INFINITY else 256
     resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
     try:
-        _raise_descriptor_limit()
+        raise_limit()
         raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         assert raised == hard or (hard == resource.RLIM_INFINITY and raised >= low)
     finally:
