@@ -215,7 +215,6 @@ class SyncFirst:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(session.PREFIX):
-            scope["path_params"] = {"doc_id": scope["path"][len(session.PREFIX) :]}
             await session.serve(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -173,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server import descriptors, logs
     from server.app import create_app
+    from server.rooms.upgrade import UpgradingHttpProtocol
     from server.rooms.wire import WireProtocol
 
     logs.configure(settings.log_level)
@@ -180,6 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=UpgradingHttpProtocol,
         ws=WireProtocol,
         ws_max_size=settings.max_message_bytes,
         # Compression costs more CPU per frame than it saves on loopback and LANs.

@@ -43,7 +43,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     registry: Registry = scope["state"]["registry"]
     settings: Settings = scope["state"]["settings"]
     auth: Authenticator = scope["state"]["auth"]
-    doc_id = scope["path_params"]["doc_id"]
+    doc_id = scope["path"][len(PREFIX) :]  # SyncFirst routes only PREFIX paths here
     client = "{}:{}".format(*tuple(scope.get("client") or ("?", 0)))
 
     async def close(code: int, reason: str) -> None:
