@@ -156,6 +156,19 @@ async def test_junk_in_a_board_makes_no_notification_and_stops_nothing(
         tasks["array"] = Array([1, 2, 3])
         tasks["deep"] = Map({"title": "深", "assignee": Map({"name": "王小明"}), "due": 5})
         tasks["watchers"] = Map({"title": "w", "watchers": "王小明", "status": None})
+        # Longer than any column holds (PostgreSQL refuses what does not fit).
+        tasks["x" * 300] = Map({"title": "long id", "assignee": "周婷"})
+        tasks["long"] = Map(
+            {
+                "title": "长" * 5000,
+                "assignee": "y" * 300,
+                "department": "z" * 100,
+                "due": "2026-12-01" + " " * 60,
+                "created_by": "c" * 300,
+                "watchers": Array(["w" * 300, "王小明"]),
+                "status": "in_progress",
+            }
+        )
 
     await board.change("ops", junk)
     await sidecar.processor.step()

@@ -69,17 +69,30 @@ def due_moment(due: str | None, zone: ZoneInfo) -> datetime | None:
         return None
 
 
+# What the projection's columns hold (server/persistence/tables.py): a longer value is junk
+# to the sidecar (no one is named that way), never an error that would stop it.
+NAME_MAX = 128  # users, task and message ids
+DEPARTMENT_MAX = 64
+DUE_MAX = 40
+
+
+def name(value: str | None, limit: int = NAME_MAX) -> str | None:
+    """A user, task or message name as the sidecar stores it: None if empty or too long."""
+    return value if value and len(value) <= limit else None
+
+
 def task_facts(task: Task, board_department: str | None, zone: ZoneInfo) -> TaskFacts:
+    due = task.due if task.due is not None and len(task.due) <= DUE_MAX else None
     return TaskFacts(
         title=task.title,
         status=task.status,
-        assignee=task.assignee or None,
-        department=task.department or board_department,
-        due=task.due,
-        due_at=due_moment(task.due, zone),
+        assignee=name(task.assignee),
+        department=name(task.department, DEPARTMENT_MAX) or name(board_department, DEPARTMENT_MAX),
+        due=due,
+        due_at=due_moment(due, zone),
         priority=task.priority,
-        watchers=tuple(sorted({w for w in task.watchers if w})),
-        created_by=task.created_by,
+        watchers=tuple(sorted({w for w in task.watchers if name(w)})),
+        created_by=name(task.created_by),
     )
 
 
@@ -151,8 +164,8 @@ def message_events(
     """A new message: the people mentioned hear of the mention, the other participants of
     the message. The author is the connection's user when known, not what the message says
     (a client can write any name there)."""
-    author = actor or message.author or None
-    mentioned = {m for m in message.mentions if m} - {author}
+    author = actor or name(message.author)
+    mentioned = {m for m in message.mentions if name(m)} - {author}
     excerpt = message.body if len(message.body) <= EXCERPT else message.body[: EXCERPT - 1] + "…"
     data = {**context, "body": excerpt, "reply_to": message.reply_to}
     events = []

@@ -8,6 +8,7 @@ turned off). The event itself is stored in any case (webhooks get every event).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import weakref
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from server.access import AccessControl, at_least
 from server.notifications import load_preferences
 from server.persistence.tables import events, notifications
-from server.sidecar.derive import NewEvent
+from server.sidecar.derive import NewEvent, name
 
 log = logging.getLogger("tandem.sidecar")
 
@@ -41,6 +42,9 @@ async def emit(conn: AsyncConnection, new: Sequence[NewEvent], access: AccessCon
     read the document and wants to hear of it. Returns the new notifications' ids."""
     if not new:
         return []
+    for event in new:
+        event.key = _fits(event.key)
+        event.recipients = {r for r in event.recipients if name(r)}
     keys = [e.key for e in new]
     known: set[str] = set()
     for i in range(0, len(keys), 500):
@@ -84,6 +88,16 @@ async def emit(conn: AsyncConnection, new: Sequence[NewEvent], access: AccessCon
             )
             made.append(int(note.inserted_primary_key[0]))  # type: ignore[index]
     return made
+
+
+KEY_MAX = 400  # events.key
+
+
+def _fits(key: str) -> str:
+    """A key as stored: one longer than the column keeps its start and a digest of it all."""
+    if len(key) <= KEY_MAX:
+        return key
+    return key[: KEY_MAX - 65] + "#" + hashlib.sha256(key.encode()).hexdigest()
 
 
 async def _may_read(access: AccessControl, user: str, event: NewEvent) -> bool:

@@ -39,7 +39,7 @@ from server.persistence.tables import (
 from server.settings import Settings
 from server.sidecar import files
 from server.sidecar.clock import Clock, SystemClock
-from server.sidecar.derive import NewEvent, message_events, task_events, task_facts
+from server.sidecar.derive import NewEvent, message_events, name, task_events, task_facts
 from server.sidecar.emit import writing
 from server.sidecar.feed import Change, ChangeFeed
 from server.sidecar.projection import CHECKPOINT, Pending, facts_of, save_checkpoint, write
@@ -290,6 +290,8 @@ class Processor:
                     current[task_id] = task
         context = {"board_title": replica.title, "department": replica.department}
         for task_id in sorted(touched):
+            if name(task_id) is None:
+                continue  # an id no column holds: not a task the sidecar can follow
             task = current.get(task_id)
             before = replica.tasks.get(task_id)
             if task is None:
@@ -322,10 +324,10 @@ class Processor:
         discussion, _ = read_discussion(replica.doc)
         context = {"title": replica.title or discussion.meta.title, "doc_title": replica.title}
         for message in discussion.messages:
-            if message.id in replica.messages:
+            if message.id in replica.messages or name(message.id) is None:
                 continue
             replica.messages.add(message.id)
-            author = actor or message.author or None
+            author = actor or name(message.author)
             url = f"{self.base_url}/api/docs/{replica.doc_id}/messages/{message.id}"
             if not message.deleted:
                 pending.events.extend(
