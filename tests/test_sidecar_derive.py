@@ -5,6 +5,7 @@ matches the boards after random concurrent edits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,13 +13,13 @@ from typing import Any
 
 import pytest
 from pycrdt import Array, Doc, Map, Text
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.persistence import migrate
 from server.persistence.sql import SqlStore, create_engine
 from server.persistence.store import UpdateRecord
-from server.persistence.tables import events, notifications, task_index, watches
+from server.persistence.tables import events, notifications, task_index, updates, watches
 from server.settings import Settings
 from server.sidecar.service import Sidecar
 from shared.board import (
@@ -251,4 +252,50 @@ async def test_the_task_list_matches_the_boards_after_random_edits(engine: Async
             )
     assert len(expected) > 20
     assert projected == expected
+    await store.close()
+
+
+async def test_a_change_that_always_breaks_the_derivation_is_skipped_alone(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever goes wrong with one change (here a task the derivation cannot take), the
+    sidecar narrows the failure down to it, skips it, and goes on with the others."""
+    import server.sidecar.processor as processor
+    from server.sidecar.clock import ManualClock
+
+    real = processor.task_facts
+
+    def breaks_on_poison(task: Any, *args: Any) -> Any:
+        if task.title == "毒":
+            raise RuntimeError("this task cannot be derived")
+        return real(task, *args)
+
+    monkeypatch.setattr(processor, "task_facts", breaks_on_poison)
+    store = SqlStore(engine)
+    board = Writer(store, "poisoned", "board")
+    await board.create("ops")
+    sidecar = Sidecar(
+        engine,
+        Settings(database_url=str(engine.url)),
+        clock=ManualClock(datetime(2026, 12, 1, tzinfo=UTC)),
+    )
+    await sidecar.processor.step()
+    for title, who in (("备货", "王小明"), ("毒", "周婷"), ("发货", "刘洋")):
+        await board.change("ops", lambda d, t=title, w=who: add_task(d, t, assignee=w))
+    async with engine.connect() as conn:
+        last = (await conn.execute(select(func.max(updates.c.seq)))).scalar_one()
+    running = asyncio.create_task(sidecar.processor.run())
+    try:
+        async with asyncio.timeout(30):
+            while sidecar.processor.checkpoint != last:
+                await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert sorted(await notes(engine)) == [
+        ("assigned", "刘洋", "ops"),
+        ("assigned", "王小明", "ops"),
+    ]
+    assert any("breaks the sidecar every time; skipped" in r.message for r in caplog.records)
     await store.close()

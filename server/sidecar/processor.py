@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from pycrdt import Doc
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.access import AccessControl
@@ -62,6 +63,9 @@ REPLICAS = 256  # documents kept in memory; others are loaded again when they ch
 RECONCILE_EVERY = 5.0  # seconds between looks for snapshots beyond the checkpoint
 KINDS = ("board", "discussion", "doc")
 FOLLOWED = ("board", "discussion")  # the kinds whose content the sidecar keeps
+# A step that failed this many times in a row (not for the database) is retried one change
+# at a time, and a single change that fails as often is skipped.
+RETRIES = 3
 RECHECK_SECONDS = 30.0  # how often the record of a document of another kind is read again
 
 
@@ -88,28 +92,30 @@ class Processor:
         self._bursts: dict[tuple[str, str], tuple[int, datetime]] = {}
         self._reconciled_at = 0.0
         self._started = False
+        self._last_after = -1  # the checkpoint the latest step started from
         self.files_checkpoint: int | None = None
         self._reconciled: dict[str, int] = {}  # doc id -> the snapshot's upto_seq, handled
         self.on_notified: Callable[[list[int]], None] | None = None
 
     # -- the loop ------------------------------------------------------------------------------
 
-    async def step(self) -> int:
-        """Process what the feed has; returns the number of changes consumed."""
+    async def step(self, limit: int = BATCH) -> int:
+        """Process what the feed has (at most `limit` changes); returns how many."""
         try:
-            return await self._step()
+            return await self._step(limit)
         except BaseException:
             # Memory may be ahead of what was stored: start again from the database.
             self._forget()
             raise
 
-    async def _step(self) -> int:
+    async def _step(self, limit: int) -> int:
         if self.checkpoint is None:
             self.checkpoint = await self._load_checkpoint()
         after = self.checkpoint
+        self._last_after = after
         pending = Pending()
         reconcile = await self._due_for_reconcile(after)
-        changes = await self.feed.read(after, BATCH)
+        changes = await self.feed.read(after, limit)
         files_after = self.files_checkpoint
         async with self.engine.connect() as conn:
             if files_after is None:
@@ -143,16 +149,55 @@ class Processor:
         return len(changes)
 
     async def run(self) -> None:
+        """Step forever. A step that keeps failing for a reason other than the database (a
+        change that breaks the derivation) is retried one change at a time, and the change
+        that keeps failing alone is skipped with an error in the log: one bad change never
+        stops the sidecar."""
         poll = self.settings.sidecar_poll_ms / 1000
+        failures, failed_after, single_left = 0, -1, 0
         while True:
+            limit = 1 if single_left > 0 else BATCH
             try:
-                consumed = await self.step()
-            except Exception:
-                log.exception("the sidecar could not process the change feed; trying again")
+                consumed = await self.step(limit)
+            except Exception as exc:
+                outage = _is_outage(exc)
+                log.log(
+                    logging.WARNING if outage else logging.ERROR,
+                    "the sidecar could not process the change feed after seq %d (%s); trying again",
+                    self._last_after,
+                    exc,
+                    exc_info=not outage,
+                )
+                if not outage:
+                    same = self._last_after == failed_after
+                    failures, failed_after = (failures + 1 if same else 1), self._last_after
+                    if failures >= RETRIES and single_left == 0:
+                        single_left, failures = BATCH, 0  # narrow it down
+                    elif failures >= RETRIES:
+                        await self._skip(failed_after)
+                        failures = 0
+                        continue
                 await self.clock.sleep(1.0)
                 continue
-            if consumed < BATCH:
+            failures = 0
+            single_left = max(single_left - consumed, 0)
+            if consumed < limit:
                 await self.feed.wait(poll)
+
+    async def _skip(self, after: int) -> None:
+        """Move the checkpoint past the one change after `after`, deriving nothing from it."""
+        changes = await self.feed.read(after, 1)
+        if not changes:
+            return
+        change = changes[0]
+        log.error(
+            "change %d of %s breaks the sidecar every time; skipped (nothing derived from it)",
+            change.seq,
+            change.doc_id,
+        )
+        async with self.engine.begin() as conn:
+            await save_checkpoint(conn, CHECKPOINT, change.seq, self.clock.now())
+        self._forget()
 
     # -- replicas ------------------------------------------------------------------------------
 
@@ -449,3 +494,10 @@ class Processor:
             # Load it again, from the snapshot that covers the rows it did not read.
             self._replicas.pop(doc_id, None)
         return found
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """The database (or the way to it) failed, not the change: never a reason to skip."""
+    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
