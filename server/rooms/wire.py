@@ -23,6 +23,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
 
 from server import metrics
+from server.rooms.keepalive import wheel_for
 from shared.protocol import MSG_SYNC, SYNC_UPDATE, encode_update
 
 try:
@@ -317,6 +318,12 @@ class WireProtocol(WebSocketsSansIOProtocol):
     def shutdown(self) -> None:
         self._lost()
         super().shutdown()
+
+    def schedule_ping(self) -> None:
+        """The next keep-alive ping, on the process's one ping timer (keepalive.py)."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.ping_timer = wheel_for(self.loop).schedule(self, delay)  # type: ignore[assignment]
 
     def keepalive_timeout(self) -> None:
         if self._throttle is not None:
