@@ -232,3 +232,25 @@ async def test_nobody_hears_of_a_document_they_cannot_read(
                 break
             await asyncio.sleep(0.1)
     assert [(n["kind"], n["task_id"]) for n in mine] == [("assigned", task)]
+
+
+async def test_a_task_already_overdue_is_reminded_at_once(
+    make_server: ServerFactory, database_url: str
+) -> None:
+    """A new due date wakes the reminders: an overdue task is not news 30 s later."""
+    server = await make_server(database_url, TANDEM_SECRET=SECRET)
+    board, (task,) = await new_board(server, "刘洋", ["对账"])
+    async with api(server, token("刘洋")) as http:
+        changed = await http.patch(
+            f"/docs/{board}/tasks/{task}", json={"assignee": "王小明", "due": "2026-01-05"}
+        )
+        assert changed.status_code == 200, changed.text
+    kinds: list[str] = []
+    async with api(server, token("王小明")) as http:
+        for _ in range(30):
+            listed = (await http.get("/notifications")).json()["notifications"]
+            kinds = sorted(n["kind"] for n in listed)
+            if "overdue" in kinds:
+                break
+            await asyncio.sleep(0.1)
+    assert kinds == ["assigned", "overdue"]

@@ -96,6 +96,7 @@ class Processor:
         self.files_checkpoint: int | None = None
         self._reconciled: dict[str, int] = {}  # doc id -> the snapshot's upto_seq, handled
         self.on_notified: Callable[[list[int]], None] | None = None
+        self.on_tasks_changed: Callable[[], None] | None = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -146,6 +147,8 @@ class Processor:
         self.files_checkpoint = files_upto
         if made and self.on_notified is not None:
             self.on_notified(made)
+        if pending.tasks and self.on_tasks_changed is not None:
+            self.on_tasks_changed()
         return len(changes)
 
     async def run(self) -> None:

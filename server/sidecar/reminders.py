@@ -12,6 +12,7 @@ the last reminder, not the first one as well.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ class Reminders:
         self.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip(
             "/"
         )
+        self._woken = asyncio.Event()
         self._fired: set[str] = set()  # keys known to be stored (saves looking them up)
         self.on_notified: Any = None
 
@@ -151,7 +153,21 @@ class Reminders:
             nap = LONGEST_NAP
             if next_due is not None:
                 nap = min(nap, max((next_due - self.clock.now()).total_seconds(), 0.05))
-            await self.clock.sleep(nap)
+            await self._nap(nap)
+
+    def nudge(self) -> None:
+        """Tasks changed (a new due date, say): look again now, not after the nap."""
+        self._woken.set()
+
+    async def _nap(self, seconds: float) -> None:
+        woken = asyncio.ensure_future(self._woken.wait())
+        slept = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait({woken, slept}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            slept.cancel()
+            self._woken.clear()
 
 
 def _next_stage_at(due_at: datetime, now: datetime, last: timedelta) -> datetime | None:

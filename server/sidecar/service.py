@@ -52,6 +52,7 @@ class Sidecar:
         self.listeners: list[Callable[[list[int]], None]] = []
         self.processor.on_notified = self._notified
         self.reminders.on_notified = self._notified
+        self.processor.on_tasks_changed = self.reminders.nudge
         self._tasks: list[asyncio.Task[None]] = []
 
     def _notified(self, ids: list[int]) -> None:
