@@ -56,6 +56,7 @@ class NotificationHub:
         self._woken = asyncio.Event()
         self._last: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._listener: Any = None  # the LISTEN connection (PostgreSQL); False: failed
 
     def nudge(self, _ids: object = None) -> None:
         self._woken.set()
@@ -78,7 +79,33 @@ class NotificationHub:
             if not queues:
                 del self._streams[user]
 
+    async def _listen(self) -> None:
+        """On PostgreSQL, a sidecar's NOTIFY wakes the reader at once (else it polls)."""
+        if self.engine.dialect.name != "postgresql" or self._listener is not None:
+            return
+        import asyncpg
+
+        from server.sidecar.emit import NOTIFICATIONS_CHANNEL
+
+        url = self.engine.url
+        try:
+            conn = await asyncpg.connect(
+                host=url.host,
+                port=url.port or 5432,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+                timeout=10,
+            )
+            await conn.add_listener(NOTIFICATIONS_CHANNEL, lambda *_: self._woken.set())
+        except Exception as exc:
+            log.warning("notifications: cannot LISTEN (%s); polling instead", exc)
+            self._listener = False
+            return
+        self._listener = conn
+
     async def _run(self) -> None:
+        await self._listen()
         while self._streams:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self.poll_seconds)
@@ -118,6 +145,10 @@ class NotificationHub:
 
     async def close(self) -> None:
         self._streams.clear()
+        if self._listener:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

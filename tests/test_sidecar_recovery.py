@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +31,10 @@ def token(user: str) -> str:
 
 
 class SidecarProcess:
-    def __init__(self, database_url: str, log: Path) -> None:
+    def __init__(self, database_url: str, log: Path, poll_ms: int = 50) -> None:
         self.database_url = database_url
         self.log = log
+        self.poll_ms = poll_ms
         self.process: asyncio.subprocess.Process | None = None
         self.started = datetime.now(UTC)
 
@@ -42,7 +44,7 @@ class SidecarProcess:
             **os.environ,
             "TANDEM_DATABASE_URL": self.database_url,
             "TANDEM_SECRET": SECRET,
-            "TANDEM_SIDECAR_POLL_MS": "50",
+            "TANDEM_SIDECAR_POLL_MS": str(self.poll_ms),
         }
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
@@ -247,3 +249,40 @@ async def test_a_stopped_sidecar_catches_up_from_the_snapshot_compaction_made(
     await asyncio.sleep(2.0)
     await again.stop()
     assert len(await query(database_url, "SELECT id FROM notifications")) == len(rows)
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_sidecar_of_its_own_reaches_the_streams_at_once(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """With the sidecar in a process of its own, PostgreSQL's NOTIFY carries the news both
+    ways: the committed update wakes the sidecar, the committed notification wakes the
+    server's streams. Both poll only every 5 s here, so only NOTIFY can make it quick."""
+    from tests import test_sidecar as embedded
+    from tests.conftest import postgres_database
+
+    async with postgres_database() as url:
+        server = await make_server(
+            url,
+            TANDEM_SECRET=embedded.SECRET,
+            TANDEM_SIDECAR="0",
+            TANDEM_SIDECAR_POLL_MS="5000",
+        )
+        sidecar = SidecarProcess(url, tmp_path / "sidecar.log", poll_ms=5000)
+        await sidecar.start()
+        try:
+            board_id, (task,) = await embedded.new_board(server, "ops", ["排班"])
+            await caught_up(url, sidecar.started)
+            async with (
+                embedded.Stream(server, "王小明") as stream,
+                SyncClient(server.ws_url, board_id, token=embedded.token("ops")) as client,
+            ):
+                await client.wait_synced()
+                started = time.perf_counter()
+                BoardClient(client).assign(task, "王小明")
+                await stream.wait_for(1, timeout=4)
+                latency = stream.arrived[0] - started
+        finally:
+            await sidecar.stop()
+    print(f"separate sidecar on PostgreSQL: assignment -> stream in {latency * 1000:.0f} ms")
+    assert latency < 1.0

@@ -13,7 +13,7 @@ import logging
 import weakref
 from collections.abc import Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.access import AccessControl, at_least
@@ -23,6 +23,8 @@ from server.sidecar.derive import NewEvent, name
 
 log = logging.getLogger("tandem.sidecar")
 
+
+NOTIFICATIONS_CHANNEL = "tandem_notifications"
 
 _writing: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -87,6 +89,9 @@ async def emit(conn: AsyncConnection, new: Sequence[NewEvent], access: AccessCon
                 )
             )
             made.append(int(note.inserted_primary_key[0]))  # type: ignore[index]
+    if made and conn.dialect.name == "postgresql":
+        # Delivered at commit: servers' live streams read the new notifications at once.
+        await conn.execute(text(f"NOTIFY {NOTIFICATIONS_CHANNEL}"))
     return made
 
 
