@@ -6,6 +6,7 @@
     .venv/bin/python bench/run.py --persistence postgres
     .venv/bin/python bench/run.py --servers tandem,tandem-auth --scenarios fanout,stress,rooms \
         --only "fanout,stress,rooms 1000" --duration 15 --repeat 3   # the cost of sign-in
+    .venv/bin/python bench/run.py --scenarios idle,storm          # many connections (opt-in)
 
 For every case (one scenario at one size) each server is started fresh on a free port on
 127.0.0.1, the load generator (bench/loadgen.mjs, Node) runs against it, and the server is
@@ -16,6 +17,12 @@ table gives each figure per server and the ratio Tandem / best reference server.
 Servers: Tandem (`python -m server serve`, persistence on: SQLite in a scratch folder, or a
 scratch PostgreSQL database with --persistence postgres), `@y/websocket-server` and
 `@hocuspocus/server` (bench/servers/*.mjs, in memory). Run `npm ci` in bench/ first.
+
+`idle` and `storm` (opt-in scenarios, not in the default list) are about connections rather than
+traffic: `idle` holds many synced, silent connections (RSS per connection, CPU while idle,
+pings), `storm` opens many at once against documents with long histories (time until all are
+synced, socket open -> sync step 2). This process raises its soft descriptor limit to the hard
+one, and the servers and the load generator inherit it.
 
 `tandem-auth` (opt-in) is Tandem with sign-in on: a random TANDEM_SECRET, and every client of
 the load generator with a token of its own (users bench-0, bench-1, ..., none of them in the
@@ -32,6 +39,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -58,7 +66,17 @@ DEFAULT_SERVERS = ("tandem", *REFERENCES)
 # Opt-in: Tandem with sign-in on, every client with its own token. Never a reference either.
 AUTH = "tandem-auth"
 ALL_SERVERS = ("tandem", AUTH, *REFERENCES, FLOOR)
-ALL_SCENARIOS = ("fanout", "stress", "rooms", "cold", "persist")
+DEFAULT_SCENARIOS = ("fanout", "stress", "rooms", "cold", "persist")
+# Opt-in (`--scenarios idle,storm`): thousands of connections each, several minutes a round.
+CONNECTION_SCENARIOS = ("idle", "storm")
+ALL_SCENARIOS = (*DEFAULT_SCENARIOS, *CONNECTION_SCENARIOS)
+# The seconds between two WebSocket pings of each reference server (None: it sends none).
+# @y/websocket-server 0.1.1: `pingTimeout = 30000` in src/utils.js, a timer per connection (one
+# that has not answered the previous ping is closed). @hocuspocus/server 4.7.0: crossws 0.4's
+# node adapter, `idleTimeout` 30 s: one sweep every 30 s pings every socket (and terminates
+# those that did not answer the previous one); Hocuspocus itself also closes a connection that
+# sent no message for `timeout` (60 s, checked every 60 s per connection).
+REFERENCE_PING_S: dict[str, float | None] = {"y-websocket-server": 30.0, "hocuspocus": 30.0}
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -73,7 +91,7 @@ def log(message: str) -> None:
 
 @dataclass
 class Case:
-    scenario: str  # fanout, stress, rooms, cold, persist-fanout, persist-rooms
+    scenario: str  # fanout, stress, rooms, cold, persist-fanout, persist-rooms, idle, storm
     label: str  # how the table names it
     args: dict[str, Any]  # loadgen options
     servers: tuple[str, ...]  # which servers (variants) run it
@@ -142,6 +160,36 @@ def plan(opts: argparse.Namespace) -> list[Case]:
                 env={"TANDEM_ROOM_GRACE_SECONDS": "1"},
             )
         )
+    # The connection scenarios: Tandem (with or without sign-in) and the references; not the
+    # floor, which keeps no document.
+    conn_servers = tuple(s for s in main if s != FLOOR)
+    if "idle" in opts.scenarios:
+        clients, docs = opts.idle_size or ((500, 50) if quick else (8000, 1000))
+        window = opts.idle_window if opts.idle_window is not None else (6 if quick else 20)
+        args = {
+            "scenario": "idle",
+            "clients": clients,
+            "docs": docs,
+            "window": window,
+            "connect-timeout": 60,
+        }
+        # A ramp of 50 at a time: a few minutes at most, even for a slow server.
+        cases.append(Case("idle", f"idle {clients} over {docs}", args, conn_servers, 900 + window))
+    if "storm" in opts.scenarios:
+        clients, docs = opts.storm_size or ((200, 20) if quick else (2000, 200))
+        long_docs, updates = opts.storm_history or ((2, 1000) if quick else (10, 5000))
+        args = {
+            "scenario": "storm",
+            "clients": clients,
+            "docs": docs,
+            "long-docs": long_docs,
+            "updates": updates,
+            "connect-timeout": 60,
+        }
+        label = f"storm {clients} over {docs} ({long_docs}x{updates})"
+        # Tandem's flood guard (on, at its defaults) paces each builder to 200 updates a
+        # second after a burst of 2,000: about 15 s for 5,000; the builders run side by side.
+        cases.append(Case("storm", label, args, conn_servers, 900))
     if "persist" in opts.scenarios and "tandem" in servers:
         variants = ("tandem-sqlite", "tandem-postgres", "tandem-memory")
         readers = 50 if quick else 500
@@ -171,6 +219,10 @@ def case_clients(case: Case) -> int:
     args = case.args
     if case.scenario == "cold":  # builder, watcher, one warm-up client, fresh ones, unloaded
         return 3 + int(args["fresh"]) + int(args.get("unloaded-rounds", 0))
+    if case.scenario == "idle":
+        return int(args["clients"])
+    if case.scenario == "storm":  # a builder and a checker per long document, then the storm
+        return 2 * int(args["long-docs"]) + int(args["clients"])
     return int(args["rooms"]) * (int(args["writers"]) + int(args["readers"]))
 
 
@@ -279,6 +331,8 @@ class Server:
         self.pg: PostgresScratch | None = None
         self.dialect = "hocuspocus" if variant == "hocuspocus" else "y-websocket"
         self.is_tandem = variant.startswith("tandem")
+        # Seconds between two WebSocket pings to each client (None: none), as started.
+        self.ping_interval_s = REFERENCE_PING_S.get(variant)
 
     @property
     def ws_url(self) -> str:
@@ -304,6 +358,7 @@ class Server:
             env.update(self.opts.tandem_env)
             if self.auth:
                 env["TANDEM_SECRET"] = self.issue_tokens()
+            self.ping_interval_s = tandem_ping_interval(env)
             cmd = [
                 sys.executable,
                 "-m",
@@ -407,6 +462,29 @@ class Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def tandem_ping_interval(env: dict[str, str]) -> float | None:
+    """The ping interval a Tandem server started with `env` uses (None: no pings)."""
+    value = env.get("TANDEM_PING_INTERVAL_SECONDS")
+    if value is None:
+        from server.settings import Settings  # the project's own: its default
+
+        seconds = float(Settings.model_fields["ping_interval_seconds"].default)
+    else:
+        seconds = float(value)
+    return seconds or None
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (the servers and the load
+    generator inherit it: Node cannot raise its own); returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
+
+
 # ------------------------------------------------------------------------------------------------
 # running
 
@@ -428,6 +506,8 @@ def run_loadgen(server: Server, case: Case, tag: str, opts: argparse.Namespace) 
             args["readyz"] = f"{server.http_url}/readyz"
         else:
             args.pop("unloaded-rounds", None)
+    if case.scenario == "storm" and server.is_tandem:  # wait for the history to be stored
+        args["readyz"] = f"{server.http_url}/readyz"
     cmd = [opts.node, str(LOADGEN)]
     for key, value in args.items():
         cmd += [f"--{key}", str(value)]
@@ -558,6 +638,35 @@ FIGURES: dict[str, list[tuple[str, str, bool | None]]] = {
         ("unloaded: step 2 ms (median)", "unloaded.median_step2_ms", True),
         ("unloaded: whole document ms (median)", "unloaded.median_complete_ms", True),
     ],
+    "idle": [
+        ("connections accepted", "accepted", None),
+        ("refused / failed / timed out", "not_accepted", None),
+        ("server RSS before connecting MB", "rss_before_mb", None),
+        ("server RSS all connected MB", "rss_connected_mb", True),
+        ("RSS per connection KB", "rss_per_conn_kb", True),
+        ("server CPU s in the idle window", "server_cpu_s", True),
+        ("server CPU s in the kernel", "server_sys_s", None),
+        ("ping interval s", "ping_interval_s", None),
+        ("pings answered in the window", "pings_in_window", None),
+        ("closed in the window", "unexpected_closes_in_window", None),
+        ("ramp-up s", "ramp_s", True),
+        ("other CPU s (noise)", "other_cpu_s", None),
+    ],
+    "storm": [
+        ("clients synced", "synced", None),
+        ("refused", "refused", None),
+        ("timed out", "timed_out", None),
+        ("time until all synced s", "all_synced_s", True),
+        ("open -> step 2 p50 ms", "open_to_step2.p50_ms", True),
+        ("open -> step 2 p95 ms", "open_to_step2.p95_ms", True),
+        ("open -> step 2 p50 ms, long documents", "open_to_step2_long_docs.p50_ms", True),
+        ("start -> socket open p95 ms", "start_to_open.p95_ms", True),
+        ("server CPU s in the storm", "server_cpu_s", True),
+        ("server peak RSS MB", "server_rss_peak_mb", True),
+        ("long document bytes", "long_doc_bytes", None),
+        ("generator CPU s", "gen_cpu_s", None),
+        ("other CPU s (noise)", "other_cpu_s", None),
+    ],
 }
 
 
@@ -686,10 +795,12 @@ def table(
         header.append("auth / no auth")
     rows = [header, ["---"] * len(header)]
     cases: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    kinds: dict[str, str] = {}
     for rec in records:
         cases.setdefault(rec["label"], {}).setdefault(rec["server"], []).append(rec)
+        kinds[rec["label"]] = rec["scenario"] if rec["scenario"] in FIGURES else "traffic"
     for label, by_server in cases.items():
-        kind = "cold" if label.startswith("cold") else "traffic"
+        kind = kinds[label]
         for name, path, lower in FIGURES[kind]:
             values = {
                 s: median_of([dig(r["result"], path) for r in by_server.get(s, [])])
@@ -733,12 +844,24 @@ def markdown(rows: list[list[str]]) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def pair(text: str) -> tuple[int, int]:
+    """Two positive whole numbers written "A,B" (an argparse type)."""
+    try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not two numbers A,B: {text!r}") from None
+    if a < 1 or b < 1:
+        raise argparse.ArgumentTypeError(f"both must be at least 1: {text!r}")
+    return a, b
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--scenarios",
-        default=",".join(ALL_SCENARIOS),
-        help=f"comma separated, from {','.join(ALL_SCENARIOS)}",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma separated, from {','.join(ALL_SCENARIOS)} (default "
+        f"{','.join(DEFAULT_SCENARIOS)}; {' and '.join(CONNECTION_SCENARIOS)} are opt-in)",
     )
     parser.add_argument(
         "--servers",
@@ -790,6 +913,29 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="rounds of every case (each server again, in a new order); tables show medians",
     )
+    parser.add_argument(
+        "--idle-size",
+        type=pair,
+        metavar="N,D",
+        help="idle: N clients over D documents (8000,1000; quick 500,50)",
+    )
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        help="idle: seconds measured with everyone connected and silent (20; quick 6)",
+    )
+    parser.add_argument(
+        "--storm-size",
+        type=pair,
+        metavar="C,D",
+        help="storm: C clients over D documents (2000,200; quick 200,20)",
+    )
+    parser.add_argument(
+        "--storm-history",
+        type=pair,
+        metavar="L,U",
+        help="storm: L of the documents built from U updates each first (10,5000; quick 2,1000)",
+    )
     parser.add_argument("--node", default=shutil.which("node") or "node")
     parser.add_argument("--verbose", action="store_true", help="show the load generator's log")
     opts = parser.parse_args(argv)
@@ -805,7 +951,16 @@ def main(argv: list[str] | None = None) -> int:
     if not (BENCH / "node_modules" / "yjs").is_dir():
         parser.error("run `npm ci` in bench/ first")
 
+    soft, hard = raise_descriptor_limit()
     cases = plan(opts)
+    for case in cases:
+        # The generator holds a socket per client; Tandem takes two descriptors per WebSocket.
+        need = 2 * case_clients(case) + 64
+        if case.scenario in CONNECTION_SCENARIOS and need > soft:
+            log(
+                f"{case.label}: descriptor limit {soft} (hard {hard}) is below the ~{need} "
+                "a server needs: expect refused connections (raise it with ulimit -Hn/-n)"
+            )
     if opts.only:
         wanted = [w.strip() for w in opts.only.split(",") if w.strip()]
         cases = [c for c in cases if any(c.label.startswith(w) for w in wanted)]
@@ -821,6 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": opts.quick,
         "persistence": opts.persistence,
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "descriptor_limit": {"soft": soft, "hard": hard},
         **versions(opts),
     }
     records: list[dict[str, Any]] = []
@@ -840,15 +996,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 res = record["result"]
-                summary = (
-                    f"p50 {fmt(dig(res, 'latency.p50_ms'))} ms, p99 "
-                    f"{fmt(dig(res, 'latency.p99_ms'))} ms, lost {res.get('lost')}, "
-                    f"server CPU {fmt(res.get('server_cpu_s'))} s, generator CPU "
-                    f"{fmt(res.get('gen_cpu_s'))} s"
-                    if case.scenario != "cold"
-                    else f"whole document {fmt(dig(res, 'loaded.median_complete_ms'))} ms"
-                    f" (unloaded {fmt(dig(res, 'unloaded.median_complete_ms'))} ms)"
-                )
+                summary = case_summary(case, res)
                 log(
                     f"  {'ok' if res.get('ok') else 'NOT OK'}: {summary}"
                     + ("" if res.get("ok") else f" — {res.get('error', '')}")
@@ -897,6 +1045,14 @@ def main(argv: list[str] | None = None) -> int:
         "\n(!) not ok: lost updates, dropped connections or errors; (g) the load generator could "
         "not keep its send rate or was busy > 90 % of the window (its figures are a lower bound)"
     )
+    if any(r["scenario"] in CONNECTION_SCENARIOS for r in records):
+        print(
+            "idle: RSS per connection = (RSS all connected - RSS before) / accepted, documents "
+            "included (Hocuspocus also closes a connection that sent no message for 60-120 s). "
+            "storm: open -> step 2 = from a socket's open "
+            "event to its first sync step 2, in the generator (its own work included); "
+            f"descriptor limit {soft} (hard {hard}) for servers and generator"
+        )
     failed = [r for r in records if not r["result"].get("ok")]
     if failed:
         print("\nNot ok (lost updates, dropped connections or errors):")
@@ -908,6 +1064,35 @@ def main(argv: list[str] | None = None) -> int:
                 f"{res.get('error', '')}"
             )
     return 1 if failed else 0
+
+
+def case_summary(case: Case, res: dict[str, Any]) -> str:
+    """One line on how a case went, for the log."""
+    if case.scenario == "cold":
+        return (
+            f"whole document {fmt(dig(res, 'loaded.median_complete_ms'))} ms"
+            f" (unloaded {fmt(dig(res, 'unloaded.median_complete_ms'))} ms)"
+        )
+    if case.scenario == "idle":
+        return (
+            f"{res.get('accepted')} accepted, {res.get('not_accepted')} not, "
+            f"{fmt(res.get('rss_per_conn_kb'))} KB per connection, server CPU "
+            f"{fmt(res.get('server_cpu_s'))} s idle, {res.get('pings_in_window')} pings"
+        )
+    if case.scenario == "storm":
+        return (
+            f"{res.get('synced')} synced, {res.get('refused')} refused, "
+            f"{res.get('timed_out')} timed out; all synced in {fmt(res.get('all_synced_s'))} s, "
+            f"open -> step 2 p50 {fmt(dig(res, 'open_to_step2.p50_ms'))} ms p95 "
+            f"{fmt(dig(res, 'open_to_step2.p95_ms'))} ms, server CPU "
+            f"{fmt(res.get('server_cpu_s'))} s"
+        )
+    return (
+        f"p50 {fmt(dig(res, 'latency.p50_ms'))} ms, p99 "
+        f"{fmt(dig(res, 'latency.p99_ms'))} ms, lost {res.get('lost')}, "
+        f"server CPU {fmt(res.get('server_cpu_s'))} s, generator CPU "
+        f"{fmt(res.get('gen_cpu_s'))} s"
+    )
 
 
 def run_case(case: Case, variant: str, tag: str, opts: argparse.Namespace) -> dict[str, Any]:
@@ -924,6 +1109,8 @@ def run_case(case: Case, variant: str, tag: str, opts: argparse.Namespace) -> di
     try:
         server.start()
         record["result"] = run_loadgen(server, case, tag, opts)
+        if case.scenario in CONNECTION_SCENARIOS:
+            record["result"]["ping_interval_s"] = server.ping_interval_s
         if server.is_tandem:
             state = server.tandem_state()
             record["tandem"] = state
