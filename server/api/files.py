@@ -190,6 +190,9 @@ async def upload_file(request: Request) -> Response:
     except BaseException:
         await _drop_unused_blob(request, blob.key)
         raise
+    sidecar = getattr(request.state, "sidecar", None)
+    if sidecar is not None:
+        sidecar.changed()  # a new version may be news to its earlier uploaders
     return JSONResponse(file_json(row), 201, headers={"Location": f"/api/files/{row.id}"})
 
 

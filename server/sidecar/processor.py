@@ -97,6 +97,9 @@ class Processor:
         self._reconciled: dict[str, int] = {}  # doc id -> the snapshot's upto_seq, handled
         self.on_notified: Callable[[list[int]], None] | None = None
         self.on_tasks_changed: Callable[[], None] | None = None
+        # How long the feed waits when nothing wakes it (in the server's process every
+        # commit and upload wakes it, and this is only a fallback).
+        self.poll_seconds = settings.sidecar_poll_ms / 1000
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class Processor:
         change that breaks the derivation) is retried one change at a time, and the change
         that keeps failing alone is skipped with an error in the log: one bad change never
         stops the sidecar."""
-        poll = self.settings.sidecar_poll_ms / 1000
+        poll = self.poll_seconds
         failures, failed_after, single_left = 0, -1, 0
         while True:
             limit = 1 if single_left > 0 else BATCH
