@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.notifications import notification_json
+from server.persistence.listen import listen
 from server.persistence.tables import events, notifications
 
 log = logging.getLogger("tandem.notifications")
@@ -83,26 +84,11 @@ class NotificationHub:
         """On PostgreSQL, a sidecar's NOTIFY wakes the reader at once (else it polls)."""
         if self.engine.dialect.name != "postgresql" or self._listener is not None:
             return
-        import asyncpg
-
         from server.sidecar.emit import NOTIFICATIONS_CHANNEL
 
-        url = self.engine.url
-        try:
-            conn = await asyncpg.connect(
-                host=url.host,
-                port=url.port or 5432,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-                timeout=10,
-            )
-            await conn.add_listener(NOTIFICATIONS_CHANNEL, lambda *_: self._woken.set())
-        except Exception as exc:
-            log.warning("notifications: cannot LISTEN (%s); polling instead", exc)
-            self._listener = False
-            return
-        self._listener = conn
+        self._listener = await listen(self.engine, NOTIFICATIONS_CHANNEL, self._woken.set)
+        if self._listener is None:
+            self._listener = False  # tried once: polling from now on
 
     async def _run(self) -> None:
         await self._listen()

@@ -44,10 +44,9 @@ from server.api.task_list import (
     is_overdue,
     parse_query,
     readable_boards,
+    task_fields,
     tasks_of,
-    utc,
 )
-from server.notifications import iso
 from server.persistence.tables import documents, task_index
 
 log = logging.getLogger("tandem.api")
@@ -138,22 +137,6 @@ class _Tally:
         }
 
 
-def _deadline(row: Any, now: datetime) -> dict[str, Any]:
-    due_at = utc(row.due_at)
-    return {
-        "board": row.doc_id,
-        "board_title": row.board_title,
-        "task_id": row.task_id,
-        "title": row.title,
-        "status": row.status,
-        "assignee": row.assignee,
-        "department": row.department,
-        "due": row.due,
-        "due_at": iso(due_at),
-        "overdue": due_at < now,
-    }
-
-
 async def _report(
     conn: AsyncConnection,
     scope: Scope,
@@ -229,7 +212,7 @@ async def _report(
         )
     ).all()
     for row in scope.keep(deadlines):
-        item = _deadline(row, now)
+        item = task_fields(row, now)  # next deadlines are open tasks
         if row.in_all <= NEXT_DEADLINES:
             overall.deadlines.append(item)
         if row.in_department <= NEXT_DEADLINES and row.department in departments:

@@ -273,8 +273,9 @@ def task_url(base: str, doc_id: str, task_id: str) -> str:
     return f"{base}/api/docs/{quote(doc_id, safe='')}/tasks/{quote(task_id, safe='')}"
 
 
-def task_json(row: Any, base: str, now: datetime) -> dict[str, Any]:
-    """A task_index row (joined with its board's title as `board_title`) as a TaskItem."""
+def task_fields(row: Any, now: datetime) -> dict[str, Any]:
+    """What every view of a task_index row shows (joined with its board's title as
+    `board_title`): the task list's items and progress's next deadlines."""
     due_at = utc(row.due_at) if row.due_at is not None else None
     return {
         "board": row.doc_id,
@@ -286,8 +287,15 @@ def task_json(row: Any, base: str, now: datetime) -> dict[str, Any]:
         "department": row.department,
         "due": row.due,
         "due_at": iso(due_at),
-        "priority": row.priority,
         "overdue": due_at is not None and due_at < now and row.status != "done",
+    }
+
+
+def task_json(row: Any, base: str, now: datetime) -> dict[str, Any]:
+    """A task_index row (joined with its board's title as `board_title`) as a TaskItem."""
+    return {
+        **task_fields(row, now),
+        "priority": row.priority,
         "updated_at": iso(row.updated_at),
         "updated_by": row.updated_by,
         "url": task_url(base, row.doc_id, row.task_id),

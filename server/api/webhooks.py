@@ -81,23 +81,20 @@ class WebhookCreate(BaseModel):
     )
 
 
-class Webhook(BaseModel):
+class _WebhookFields(BaseModel):
     id: int
     url: str
     kinds: list[str] | None
     active: bool
     created_by: str | None
     created_at: Timestamp
+
+
+class Webhook(_WebhookFields):
     pending: int = Field(description="deliveries not acknowledged yet")
 
 
-class WebhookCreated(BaseModel):
-    id: int
-    url: str
-    kinds: list[str] | None
-    active: bool
-    created_by: str | None
-    created_at: Timestamp
+class WebhookCreated(_WebhookFields):
     secret: str = Field(description="the signing key; shown only in this answer")
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.persistence.listen import connect
 from server.persistence.sqlite import (
     DEFAULT_SYNCHRONOUS,
     SqliteSynchronous,
@@ -324,17 +325,7 @@ class PostgresAppender:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            import asyncpg
-
-            url = self.url
-            self._conn = await asyncpg.connect(
-                host=url.host,
-                port=url.port or 5432,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-                timeout=10,
-            )
+            self._conn = await connect(self.url)
         return self._conn
 
     async def append(

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.persistence.append import FEED_CHANNEL
+from server.persistence.listen import listen
 from server.persistence.tables import updates
 
 log = logging.getLogger("tandem.sidecar")
@@ -121,24 +122,9 @@ class SqlFeed:
 
     async def _listen(self) -> None:
         """A connection of its own that LISTENs; without it the feed polls."""
-        import asyncpg
-
-        url = self.engine.url
-        try:
-            conn = await asyncpg.connect(
-                host=url.host,
-                port=url.port or 5432,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-                timeout=10,
-            )
-            await conn.add_listener(FEED_CHANNEL, lambda *_: self._woken.set())
-        except Exception as exc:
-            log.warning("the change feed cannot LISTEN (%s); it polls instead", exc)
+        self._listener = await listen(self.engine, FEED_CHANNEL, self._woken.set)
+        if self._listener is None:
             self._listening = False
-            return
-        self._listener = conn
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -45,14 +45,12 @@ class Sidecar:
         self.feed = feed or SqlFeed(engine)
         open_workspace = settings.secret is None and settings.jwks_url is None
         self.shared_access = access is not None
-        if access is not None:
-            # In the server's process: its commits and uploads wake the feed (`changed`),
-            # so polling is only a fallback and an idle server does no work for it.
-            self.embedded_poll = max(settings.sidecar_poll_ms / 1000, EMBEDDED_POLL_SECONDS)
         self.access = access or AccessControl(engine, enabled=not open_workspace)
         self.processor = Processor(engine, self.feed, settings, self.access, self.clock)
-        if access is not None:
-            self.processor.poll_seconds = self.embedded_poll
+        if self.shared_access:
+            # In the server's process: its commits and uploads wake the feed (`changed`),
+            # so polling is only a fallback and an idle server does no work for it.
+            self.processor.poll_seconds = max(self.processor.poll_seconds, EMBEDDED_POLL_SECONDS)
         self.reminders = Reminders(engine, settings, self.access, self.clock)
         self.webhooks = WebhookSender(engine, settings, self.clock)
         self.email = _email_sender(engine, settings, self.clock)
