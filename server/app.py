@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, apidocs, demo
 from server.access import AccessControl
-from server.access_events import LocalAccessEvents
+from server.access_events import AccessChange, AccessEvents, LocalAccessEvents, SharedAccessEvents
 from server.api import create_api
 from server.api.auth import log_sign_in_status
 from server.audit import AuditLog
@@ -32,6 +32,7 @@ from server.persistence.store import Store, UpdateRecord
 from server.persistence.writer import Writer
 from server.provisioning import Provisioner
 from server.rooms import session
+from server.rooms.broker import RedisBroker
 from server.rooms.enforcer import Enforcer
 from server.rooms.registry import Registry
 from server.settings import Settings
@@ -42,6 +43,10 @@ log = logging.getLogger("tandem")
 
 
 class SchemaOutOfDate(RuntimeError):
+    pass
+
+
+class RedisUnavailable(RuntimeError):
     pass
 
 
@@ -114,12 +119,41 @@ async def _running(
             sidecar.changed()
 
     writer.on_commit = committed
-    access_events = LocalAccessEvents()
     enforcer = Enforcer(
         registry, access, max_connections_per_user=settings.max_connections_per_user
     )
+    broker: RedisBroker | None = None
+    access_events: AccessEvents
+    if settings.redis_url:
+        broker = RedisBroker(
+            settings.redis_url,
+            registry,
+            prefix=settings.redis_prefix,
+            stream_length=settings.redis_stream_length,
+        )
+        access_events = SharedAccessEvents(broker)
+
+        async def recheck() -> None:
+            # Revocations and rule changes told while Redis was unreachable were missed.
+            await enforcer.load_revoked(engine)
+            await access_events.publish(AccessChange())
+
+        broker.recovery_hooks.append(recheck)
+    else:
+        access_events = LocalAccessEvents()
     access_events.subscribe(enforcer.apply)
     await enforcer.load_revoked(engine)
+    if broker is not None:
+        try:
+            await broker.start()
+        except Exception as exc:
+            await broker.close()
+            await engine.dispose()
+            raise RedisUnavailable(
+                f"Redis at {settings.redis_url} does not answer ({exc}); "
+                "TANDEM_REDIS_URL is set, so documents are shared through it"
+            ) from exc
+        registry.broker = broker
     auth.is_revoked = enforcer.is_revoked
     if auth.idp is not None:
         auth.on_external_user = Provisioner(engine, settings.jwt_user_claim)
@@ -150,6 +184,7 @@ async def _running(
             "audit": audit,
             "notification_hub": hub,
             "sidecar": sidecar,
+            "broker": broker,
         }
     finally:
         auth.close()
@@ -158,6 +193,8 @@ async def _running(
             await sidecar.stop()
         await registry.close()
         await writer.close()
+        if broker is not None:
+            await broker.close()
         if catalog is not None:
             await catalog.close()
         await audit.close()
@@ -175,7 +212,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """200 while edits are being stored; 503 when the database does not answer within 2 s or
-    the writer cannot store (commits fail or stall, or its queue is at its bound)."""
+    the writer cannot store (commits fail or stall, or its queue is at its bound), or, with
+    TANDEM_REDIS_URL set, while Redis is unreachable."""
     writer: Writer = request.state.writer
     try:
         await asyncio.wait_for(request.state.store.ping(), timeout=2.0)
@@ -184,11 +222,19 @@ async def readyz(request: Request) -> Response:
         database = (str(exc) or type(exc).__name__)[:200]
     persistence = writer.state()
     ready = database == "ok" and persistence == "ok"
+    broker: RedisBroker | None = request.state.broker
+    extra: dict[str, Any] = {}
+    if broker is not None:
+        # While Redis is down the process serves its own clients and stores their edits;
+        # it is not ready in the sense that clients of other processes do not see them.
+        extra = {"redis": broker.state(), "process": broker.process_id}
+        ready = ready and broker.state() == "ok"
     return JSONResponse(
         {
             "status": "ok" if ready else "unavailable",
             "database": database,
             "persistence": persistence,
+            **extra,
             "pending_updates": writer.uncommitted(),
             "pending_bytes": writer.pending_bytes(),
             "rooms": len(request.state.registry.rooms),

@@ -78,3 +78,7 @@ PERSIST_PENDING_BYTES = Gauge(
     "tandem_persist_pending_bytes", "Bytes of the updates waiting to be committed"
 )
 COMPACTIONS = Counter("tandem_compactions", "Snapshots written by compaction")
+# Scale-out through Redis (server/rooms/broker.py).
+BROKER_PUBLISHED = Counter("tandem_broker_published", "Room changes appended to Redis")
+BROKER_RECEIVED = Counter("tandem_broker_received", "Changes of other processes received")
+BROKER_OUTAGES = Counter("tandem_broker_outages", "Times Redis became unreachable")

@@ -23,8 +23,15 @@ class Settings(BaseSettings):
     # Any SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db;
     # or memory:// to keep documents in memory only.
     database_url: str = "sqlite+aiosqlite:///./data/tandem.db"
-    # Unset: a single process. (Multi-process fan-out through Redis builds on this.)
+    # Unset: a single process. Set (redis://host:6379/0): every process with the same URL and
+    # database shares documents, presence and access changes (server/rooms/broker.py).
     redis_url: str | None = None
+    # Prefix of every Redis key and channel Tandem uses, so several installations (or test
+    # runs) can share one Redis.
+    redis_prefix: str = Field(default="tandem", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Entries each document's Redis stream keeps (about): what a process that starts hosting
+    # the document, or reconnects, can read back.
+    redis_stream_length: int = Field(default=10_000, ge=100)
     # Signs access tokens. Unset: no sign-in, every connection is the local user.
     secret: str | None = None
     # How long a token from `tandem token` lasts unless `--ttl` says otherwise; 0: forever.

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.access_events import AccessChange
 from server.api import state, storage
 from server.api.caller import count_creation, folder_access, reader, writer
 from server.api.errors import ApiError, not_found, parse_body, parse_query
@@ -309,7 +310,10 @@ async def delete_doc(request: Request) -> Response:
     async with state.engine(request).begin() as conn:
         if not await workspace.soft_delete_document(conn, doc_id, deleted_by=user):
             raise not_found("document", doc_id)
-    state.registry(request).deleted(doc_id, "document was deleted")
+    # Closes its connections here and in every other process.
+    await state.access_events(request).publish(
+        AccessChange(rules=False, deleted=frozenset({doc_id}))
+    )
     return Response(status_code=204)
 
 

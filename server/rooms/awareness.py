@@ -41,6 +41,16 @@ def stamp_identity(state: str, identity: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+class RemoteOwner:
+    """The clients whose presence came from another process (server/rooms/broker.py)."""
+
+    __slots__ = ("origin", "client_ids")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.client_ids: set[int] = set()
+
+
 class Awareness:
     """The latest awareness state of each client id, and which connection owns it.
 
@@ -50,14 +60,19 @@ class Awareness:
 
     def __init__(self) -> None:
         self.states: dict[int, tuple[int, str]] = {}
-        self.owners: dict[int, Peer] = {}
+        self.owners: dict[int, Peer | RemoteOwner] = {}
 
     def apply(self, payload: bytes, peer: Peer) -> tuple[list[AwarenessEntry], bytes] | None:
         """Apply an update from `peer`; return the entries to relay and the payload that
         carries them (None: nothing to relay)."""
         entries = decode_awareness_update(payload)
         # Checked before anything changes: a rejected frame must leave no state behind.
-        new_ids = {e.client_id for e in entries if e.client_id not in self.owners}
+        # A client id another process spoke for is taken over: the client moved here.
+        new_ids = {
+            e.client_id
+            for e in entries
+            if isinstance(self.owners.get(e.client_id), (RemoteOwner, type(None)))
+        }
         if len(peer.client_ids) + len(new_ids) > MAX_CLIENT_IDS_PER_PEER:
             raise ProtocolError("too many awareness client ids on one connection")
         kept: list[AwarenessEntry] = []
@@ -65,7 +80,10 @@ class Awareness:
         stamped = False
         for entry in entries:
             owner = self.owners.get(entry.client_id)
-            if owner is not None and owner is not peer:
+            if isinstance(owner, RemoteOwner):
+                owner.client_ids.discard(entry.client_id)
+                owner = None
+            elif owner is not None and owner is not peer:
                 continue
             if identity is not None and entry.state != "null":
                 # Signed-in connections appear as who signed in, whatever they claim.
@@ -84,7 +102,37 @@ class Awareness:
         unchanged = len(kept) == len(entries) and not stamped
         return kept, payload if unchanged else encode_awareness_update(kept)
 
-    def remove(self, peer: Peer) -> list[AwarenessEntry]:
+    def apply_remote(self, payload: bytes, owner: RemoteOwner) -> bool:
+        """Apply presence another process relayed (stamped there already); a client id a
+        connection of this process speaks for stays its own. True if anything changed."""
+        changed = False
+        for entry in decode_awareness_update(payload):
+            current = self.owners.get(entry.client_id)
+            if current is not None and not isinstance(current, RemoteOwner):
+                continue
+            if current is not None and current is not owner:
+                current.client_ids.discard(entry.client_id)
+            changed = True
+            if entry.state == "null":
+                self.states.pop(entry.client_id, None)
+                self.owners.pop(entry.client_id, None)
+                owner.client_ids.discard(entry.client_id)
+            else:
+                self.states[entry.client_id] = (entry.clock, entry.state)
+                self.owners[entry.client_id] = owner
+                owner.client_ids.add(entry.client_id)
+        return changed
+
+    def local_snapshot(self) -> bytes | None:
+        """The states of this process's own connections (for other processes)."""
+        entries = [
+            AwarenessEntry(cid, clock, state)
+            for cid, (clock, state) in self.states.items()
+            if not isinstance(self.owners.get(cid), RemoteOwner)
+        ]
+        return encode_awareness_update(entries) if entries else None
+
+    def remove(self, peer: Peer | RemoteOwner) -> list[AwarenessEntry]:
         """Forget `peer`'s clients; return the entries that tell everyone they left."""
         gone = []
         for client_id in peer.client_ids:

@@ -116,6 +116,8 @@ class Enforcer:
 
     async def apply(self, change: AccessChange) -> None:
         self.revoked |= change.revoked
+        for doc_id in change.deleted:
+            self.registry.deleted(doc_id, "document was deleted")
         if change.rules:
             self.access.changed()
         if not self.access.enabled:

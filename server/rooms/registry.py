@@ -9,11 +9,15 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
+from pycrdt import get_state, merge_updates
+
 from server import metrics
+from server.origin import Origin
 from server.persistence.store import Store
 from server.persistence.writer import Writer
+from server.rooms.broker import RedisBroker, Retained
+from server.rooms.room import EMPTY_UPDATE, Room
 from server.rooms.room import LoadFailed as LoadFailed
-from server.rooms.room import Room
 from shared.documents import call_with_deep_stack
 
 log = logging.getLogger("tandem.rooms")
@@ -49,6 +53,8 @@ class Registry:
         self._refs: dict[str, int] = defaultdict(int)
         self._unloads: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Other processes hosting the same documents (None: this process is alone).
+        self.broker: RedisBroker | None = None
 
     async def acquire(self, doc_id: str, *, warm: bool = True) -> Room:
         """The loaded room for `doc_id`; pair every successful call with `release`.
@@ -87,7 +93,13 @@ class Registry:
 
     async def _load(self, doc_id: str) -> Room:
         started = time.perf_counter()
+        broker = self.broker
+        retained = Retained([], None)
         try:
+            if broker is not None:
+                # Heard from now on; what other processes appended before is read back,
+                # since their writers may not have stored it yet.
+                retained = await broker.prepare(doc_id)
             stored = await self.store.load(doc_id)
             room = Room(
                 doc_id,
@@ -96,11 +108,15 @@ class Registry:
                 presence_interval=self.presence_interval,
                 full=self.writer.full,
                 ledger=self.writer,
+                publish=None if broker is None else broker.publish,
             )
             room.deleted = stored.deleted
 
             def decode() -> None:
-                room.load(stored.merged())  # merges the rows and reads the state vector
+                state = stored.merged()  # merges the rows
+                if retained.updates:
+                    state = bytes(merge_updates(*([state] if state else []), *retained.updates))
+                room.load(state)  # reads the state vector
 
             try:
                 if sum(map(len, stored.updates)) > _BIG_STATE:
@@ -111,13 +127,19 @@ class Registry:
                 if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                     raise
                 raise LoadFailed(f"stored state of {doc_id} does not decode: {exc}") from exc
-        except Exception as exc:
+        except BaseException as exc:
+            if broker is not None:
+                broker.unhost(doc_id)
+            if not isinstance(exc, Exception):
+                raise
             metrics.LOAD_FAILURES.inc()
             log.error("load of %s failed: %s", doc_id, exc)
             raise LoadFailed(str(exc)) from exc
         finally:
             self._loads.pop(doc_id, None)
         self.rooms[doc_id] = room
+        if broker is not None:
+            broker.host(room, retained)
         self.writer.track(doc_id, len(stored.updates), sum(map(len, stored.updates)))
         metrics.ROOMS.set(len(self.rooms))
         metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
@@ -185,9 +207,50 @@ class Registry:
         if self._refs.get(doc_id) or self.writer.pending(doc_id):
             return  # someone came back meanwhile
         del self.rooms[doc_id]
+        if self.broker is not None:
+            self.broker.unhost(doc_id)
         self.writer.settle(doc_id)
         metrics.ROOMS.set(len(self.rooms))
         log.info("unloaded %s", doc_id)
+
+    # -- what the broker asks (server/rooms/broker.py) -------------------------------------
+
+    async def reconcile(self, doc_id: str) -> None:
+        """Another process died: store what this room holds that the database lacks (its
+        writer's last window, which lives on here). Any extra is stored twice, harmlessly."""
+        room = self.rooms.get(doc_id)
+        if room is None or room.cold or room.broken is not None:
+            return
+        try:
+            stored = (await self.store.load(doc_id)).merged()
+        except Exception as exc:
+            log.warning("could not compare %s with the database: %s", doc_id, exc)
+            return
+        missing = room.doc.get_update(get_state(stored) if stored else b"\x00")
+        if missing != EMPTY_UPDATE:
+            self.writer.add(doc_id, missing, Origin("remote"))
+            log.info("stored %d bytes of %s that a departed process held", len(missing), doc_id)
+
+    async def refresh(self, doc_id: str) -> None:
+        """Redis was unreachable: merge the stored state (what other processes' clients
+        did meanwhile, as they stored it) into the room, and relay what was new here."""
+        room = self.rooms.get(doc_id)
+        if room is None:
+            return
+        try:
+            stored = await self.store.load(doc_id)
+        except Exception as exc:
+            log.warning("could not re-read %s after the Redis outage: %s", doc_id, exc)
+            return
+        if stored.deleted and not room.deleted:
+            self.deleted(doc_id, "document deleted")
+            return
+        state = stored.merged()
+        if state:
+            try:
+                room.apply_remote(state)
+            except (LoadFailed, ValueError) as exc:
+                log.warning("stored state of %s not merged: %s", doc_id, exc)
 
     async def close(self) -> None:
         for handle in self._unloads.values():

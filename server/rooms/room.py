@@ -12,11 +12,11 @@ from pycrdt import Doc, TransactionEvent, get_state, get_update
 from server import metrics
 from server.metrics import TALLY
 from server.origin import Origin
-from server.rooms.awareness import Awareness
+from server.rooms.awareness import Awareness, RemoteOwner
 from server.rooms.durable import Acknowledgements, Ledger
 from server.rooms.fanout import Fanout
 from server.rooms.peer import Peer
-from server.rooms.wire import frame_binary, update_frame
+from server.rooms.wire import frame_binary, frame_payload, update_frame
 from shared.protocol import (
     MSG_AWARENESS,
     MSG_QUERY_AWARENESS,
@@ -39,6 +39,12 @@ UpdateSink = Callable[[str, bytes, Origin], None]
 # Called with the size of a client's update before it is applied: True when the log cannot
 # take that much more now (the database is down and its queue is at its bound).
 Backpressure = Callable[[int], bool]
+# Called with (doc id, kind, frame, update) for every change this process makes to the room,
+# so other processes hosting the document hear it (server/rooms/broker.py); `update` is the
+# update a sync frame carries, None for presence.
+Publish = Callable[[str, bytes, bytes, bytes | None], None]
+RELAY_UPDATE = b"u"
+RELAY_PRESENCE = b"a"
 T = TypeVar("T")
 
 _NOT_CRDT_ERRORS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
@@ -89,8 +95,12 @@ class Room:
         presence_interval: float = 0,
         full: Backpressure | None = None,
         ledger: Ledger | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self.doc_id = doc_id
+        # Other processes hosting the document (None: this process is alone).
+        self._publish = publish
+        self._remote_owners: dict[str, RemoteOwner] = {}
         # The writer's numbering of what the sink was handed, for durable peers' acknowledgements
         # (None: they get none).
         self._ledger = ledger
@@ -261,9 +271,74 @@ class Room:
     def _propagate(self, effective: bytes, origin: Origin, sender: Peer | None) -> None:
         self._size += len(effective)
         self._size_measured = False
-        self.broadcast(update_frame(effective), sender)
+        frame = update_frame(effective)
+        self.broadcast(frame, sender)
         self._sink(self.doc_id, effective, origin)
+        if self._publish is not None:
+            self._publish(self.doc_id, RELAY_UPDATE, frame, effective)
         TALLY.updates_applied += 1
+
+    # -- other processes (server/rooms/broker.py) ----------------------------------------
+
+    def apply_remote(self, update: bytes, frame: bytes | None = None) -> bytes | None:
+        """Apply an update that another process's room applied (or the stored state, after
+        an outage) and relay it to every peer here: as `frame`, the bytes that process
+        wrote to its own peers, or else as a frame of what changed. It is neither logged
+        (the process that took it from its client stores it) nor published again.
+
+        Raises LoadFailed if the room cannot be built, ValueError if pycrdt refuses the update.
+        """
+        if self._cold is not None or self.broken is not None:
+            self.warm()
+        self._effective = None
+        try:
+            self._integrate(update)
+        except BaseException as exc:
+            if isinstance(exc, _NOT_CRDT_ERRORS):
+                raise
+            partial, self._effective = self._effective, None
+            if partial is not None:
+                self.broadcast(update_frame(partial))
+            raise ValueError(_short(exc)) from exc
+        effective, self._effective = self._effective, None
+        if effective is None:
+            return None
+        self._size += len(effective)
+        self._size_measured = False
+        self.broadcast(frame if frame is not None else update_frame(effective))
+        TALLY.updates_applied += 1
+        return effective
+
+    def remote_presence(self, frame: bytes, origin: str) -> None:
+        """Presence relayed by process `origin`: kept for clients who join here later, and
+        relayed to every peer as the same bytes."""
+        owner = self._remote_owners.get(origin)
+        if owner is None:
+            owner = self._remote_owners[origin] = RemoteOwner(origin)
+        try:
+            message = decode_message(frame_payload(frame))
+            if message.kind != MSG_AWARENESS or not self.awareness.apply_remote(
+                message.payload, owner
+            ):
+                return
+        except (ProtocolError, IndexError) as exc:
+            log.warning("presence from process %s for %s ignored: %s", origin, self.doc_id, exc)
+            return
+        self.broadcast(frame)
+
+    def local_presence(self) -> bytes | None:
+        """A frame with the presence of this process's own clients, if any."""
+        payload = self.awareness.local_snapshot()
+        return None if payload is None else frame_binary(encode_awareness(payload))
+
+    def forget_origin(self, origin: str) -> None:
+        """Process `origin` is gone: its clients' presence goes, for every peer here."""
+        owner = self._remote_owners.pop(origin, None)
+        if owner is None:
+            return
+        gone = self.awareness.remove(owner)
+        if gone:
+            self.broadcast(frame_binary(encode_awareness(encode_awareness_update(gone))))
 
     def broadcast(self, frame: bytes, exclude: Peer | None = None) -> None:
         """Write the same frame bytes to every peer but `exclude`; never waits."""
@@ -355,14 +430,19 @@ class Room:
             self._presence_sent = now
         if payload is None:
             payload = encode_awareness_update(entries)
-        self.broadcast(frame_binary(encode_awareness(payload)))
+        self._send_presence(frame_binary(encode_awareness(payload)))
 
     def _flush_presence(self) -> None:
         pending, self._presence_pending = self._presence_pending, None
         if pending:  # None: flushed early, by a leave
             self._presence_sent = asyncio.get_running_loop().time()
             entries = list(pending.values())
-            self.broadcast(frame_binary(encode_awareness(encode_awareness_update(entries))))
+            self._send_presence(frame_binary(encode_awareness(encode_awareness_update(entries))))
+
+    def _send_presence(self, frame: bytes) -> None:
+        self.broadcast(frame)
+        if self._publish is not None:
+            self._publish(self.doc_id, RELAY_PRESENCE, frame, None)
 
     def receive(self, peer: Peer, data: bytes) -> None:
         """Handle one binary frame from `peer`. Raises RejectedFrame for bad input."""

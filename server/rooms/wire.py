@@ -55,6 +55,12 @@ def frame_binary(payload: bytes) -> bytes:
     return bytes((0x82, 127)) + n.to_bytes(8, "big") + payload
 
 
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of an unmasked frame that `frame_binary` built."""
+    size = frame[1] & 0x7F
+    return frame[2 if size < 126 else 4 if size == 126 else 10 :]
+
+
 def update_frame(update: bytes) -> bytes:
     """`frame_binary(encode_update(update))`, with the headers of a small update in one step."""
     n = len(update)
