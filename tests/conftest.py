@@ -220,3 +220,67 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
 async def server(make_server: ServerFactory) -> ServerProcess:
     """One server on a fresh SQLite database."""
     return await make_server()
+
+
+REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def require_redis(url: str = REDIS_URL) -> None:
+    """Fail (in CI) or skip when Redis does not answer at `url`."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except Exception as exc:  # any failure to answer is "unreachable" here
+        if REQUIRE_SERVICES:
+            pytest.fail(f"Redis is required but unreachable at {url}: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_env() -> dict[str, str]:
+    """Settings that make servers share documents through the test Redis, under a key
+    prefix of their own."""
+    await require_redis()
+    return {"TANDEM_REDIS_URL": REDIS_URL, "TANDEM_REDIS_PREFIX": f"t{secrets.token_hex(6)}"}
+
+
+class RedisProcess:
+    """A private `redis-server` on a free port, which a test may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

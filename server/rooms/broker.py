@@ -332,7 +332,7 @@ class RedisBroker:
             except _ERRORS as exc:
                 self._went_down(exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
             if message is None or message.get("type") != "message":
                 continue
