@@ -342,3 +342,50 @@ async def test_redis_restarted_mid_edit_every_process_catches_up(tmp_path: Path)
             assert stored_text(rows) == py_text(clients[0])
     finally:
         redis.stop()
+
+
+async def test_versions_restores_and_deletion_work_from_any_process(
+    tmp_path: Path, redis_env: dict[str, str]
+) -> None:
+    from helpers import api
+
+    async with three_servers(tmp_path, redis_env) as (_url, servers):
+        async with api(servers[0]) as http:
+            created = await http.post("/docs", json={"kind": "doc", "id": "faq", "title": "FAQ"})
+            assert created.status_code == 201, created.text
+        writer = SyncClient(servers[0].ws_url, "faq")
+        reader = SyncClient(servers[2].ws_url, "faq")
+        async with writer, reader:
+            await writer.wait_synced()
+            await reader.wait_synced()
+            writer.doc.get(TEXT, type=Text).insert(0, "第一版")
+            await writer.wait_stored()
+            # A named version taken on another process than the editor's holds the edit.
+            async with api(servers[1]) as http:
+                created = await http.post("/docs/faq/versions", json={"name": "v1"})
+                assert created.status_code == 201, created.text
+                number = created.json()["number"]
+            text = writer.doc.get(TEXT, type=Text)
+            text.insert(len(text), "，改过")
+            await wait_until_py(lambda: py_text(reader) == "第一版，改过", 5)
+            # Restored on the process nobody edits on: both clients see it.
+            async with api(servers[1]) as http:
+                restored = await http.post(f"/docs/faq/versions/{number}/restore")
+                assert restored.status_code == 200, restored.text
+            await wait_until_py(lambda: py_text(writer) == "第一版", 5)
+            await wait_until_py(lambda: py_text(reader) == "第一版", 5)
+
+        # Deleted through one process: connections on the others are closed with 4404.
+        node = await NodeYClient.start(servers[2].ws_url, "faq")
+        try:
+            await node.wait_synced()
+            async with api(servers[0]) as http:
+                assert (await http.delete("/docs/faq")).status_code == 204
+
+            async def closed() -> bool:
+                events = (await node.call("events"))["events"]
+                return any(e.get("code") == 4404 for e in events if isinstance(e, dict))
+
+            await wait_for(closed, timeout=5)
+        finally:
+            await node.close()
