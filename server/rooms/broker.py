@@ -128,7 +128,7 @@ class RedisBroker:
         self._redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, retry=None
         )
-        self._script = self._redis.register_script(_APPEND)
+        self._sha = ""  # the append script's, loaded at start and after each outage
         self._pubsub: Any = None
         # Hosted documents: their room (None while it loads: its messages wait in
         # `_early`), and the id of the last entry applied.
@@ -147,6 +147,9 @@ class RedisBroker:
         # Run once Redis answers again after an outage, to re-check what may have been missed.
         self.recovery_hooks: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Reads the channels; restarted (and so recovers first) when an outage is seen
+        # elsewhere, since it may be blocked reading a connection that went stale.
+        self._listener: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
 
     # -- keys --------------------------------------------------------------------------
@@ -169,20 +172,21 @@ class RedisBroker:
         """Connect and start listening. Raises if Redis does not answer: a server that was
         told to share documents through Redis does not start without it."""
         await self._redis.ping()
+        self._sha = await self._redis.script_load(_APPEND)
         await self._subscribe_all()
         self._down = None
         await self._beat()
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._listen(), name="broker-listen"),
-            loop.create_task(self._keepalive(), name="broker-keepalive"),
-        ]
+        self._listener = loop.create_task(self._listen(), name="broker-listen")
+        self._tasks = [loop.create_task(self._keepalive(), name="broker-keepalive")]
         log.info("sharing documents through Redis as process %s", self.process_id)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._listener] if self._listener is not None else [])]
+        self._tasks, self._listener = [], None
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, *_ERRORS):
                 await task
         with contextlib.suppress(*_ERRORS):
@@ -276,16 +280,16 @@ class RedisBroker:
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for doc_id, kind, frame, _ in batch:
-                            await self._script(
-                                keys=[self._stream(doc_id), self._channel(doc_id)],
-                                args=[
-                                    self.stream_length,
-                                    self.process_id,
-                                    kind,
-                                    frame,
-                                    self.idle_expire_ms,
-                                ],
-                                client=pipe,
+                            pipe.evalsha(
+                                self._sha,
+                                2,
+                                self._stream(doc_id),
+                                self._channel(doc_id),
+                                self.stream_length,
+                                self.process_id,
+                                kind,
+                                frame,
+                                self.idle_expire_ms,
                             )
                         await pipe.execute()
                     metrics.BROKER_PUBLISHED.inc(len(batch))
@@ -330,7 +334,7 @@ class RedisBroker:
             except asyncio.CancelledError:
                 raise
             except _ERRORS as exc:
-                self._went_down(exc)
+                self._went_down(exc, listening=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
                 continue
@@ -419,17 +423,27 @@ class RedisBroker:
 
     # -- outages -----------------------------------------------------------------------
 
-    def _went_down(self, exc: BaseException) -> None:
-        if self._down is None:
-            self._down_since = time.monotonic()
-            log.warning("Redis unreachable (%s); serving local clients, catching up later", exc)
-            metrics.BROKER_OUTAGES.inc()
+    def _went_down(self, exc: BaseException, *, listening: bool = False) -> None:
+        first = self._down is None
         self._down = (str(exc) or type(exc).__name__)[:200]
+        if not first:
+            return
+        self._down_since = time.monotonic()
+        log.warning("Redis unreachable (%s); serving local clients, catching up later", exc)
+        metrics.BROKER_OUTAGES.inc()
+        listener = self._listener
+        if not listening and listener is not None and not listener.done():
+            # Seen by a publish or the heartbeat: the listener starts over, recovering first.
+            listener.cancel()
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="broker-listen"
+            )
 
     async def _recover(self) -> None:
         """Redis answers again: subscribe anew, publish what was made meanwhile, read what
         was missed, merge the stored state into every hosted room."""
         await self._redis.ping()
+        self._sha = await self._redis.script_load(_APPEND)
         await self._subscribe_all()
         self._down = None
         gap, self._gap = self._gap, defaultdict(list)
