@@ -13,9 +13,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("tandem.access")
+
+# PostgreSQL NOTIFY channel on which commands that change users directly in the database
+# (`tandem user ...`) tell running servers, which then re-read the rules and re-check every
+# open connection.
+PG_CHANNEL = "tandem_access"
+EVENT_NAME = "access"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,10 @@ class LocalAccessEvents:
         self._listeners.append(listener)
 
     async def publish(self, change: AccessChange) -> None:
+        await self.deliver(change)
+
+    async def deliver(self, change: AccessChange) -> None:
+        """To this process's listeners only."""
         for listener in self._listeners:
             try:
                 await listener(change)
@@ -81,7 +91,7 @@ class SharedAccessEvents(LocalAccessEvents):
     published while Redis is unreachable reaches the others when it answers again: each
     process then re-reads revocations and re-checks every connection (`recheck`)."""
 
-    NAME = "access"
+    NAME = EVENT_NAME
 
     def __init__(self, broker: Broadcaster) -> None:
         super().__init__()
@@ -89,9 +99,36 @@ class SharedAccessEvents(LocalAccessEvents):
         broker.on_event(self.NAME, self._heard)
 
     async def publish(self, change: AccessChange) -> None:
-        await super().publish(change)
+        await self.deliver(change)
         if not await self._broker.send_event(self.NAME, change.encode()):
             log.warning("an access change could not be told to other processes yet")
 
     async def _heard(self, payload: bytes) -> None:
-        await super().publish(AccessChange.decode(payload))
+        await self.deliver(AccessChange.decode(payload))
+
+
+async def announce(change: AccessChange, *, redis_url: str | None, prefix: str, engine: Any) -> str:
+    """Tell running servers about a change made outside them (the `tandem user` commands
+    write to the database directly): through Redis when it is configured, and with a NOTIFY
+    on PostgreSQL. Returns how they were told ("" when neither applies: a server on SQLite
+    without Redis sees the change at its next access change or restart)."""
+    told = []
+    if redis_url:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            # The same shape as the broker's events: "e|<origin>|<payload>".
+            await client.publish(f"{prefix}:event:{EVENT_NAME}", b"e|cli|" + change.encode())
+            told.append("Redis")
+        except Exception as exc:
+            log.warning("running servers could not be told through Redis: %s", exc)
+        finally:
+            await client.aclose()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": PG_CHANNEL})
+        told.append("PostgreSQL")
+    return " and ".join(told)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,14 +19,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, apidocs, demo
 from server.access import AccessControl
-from server.access_events import AccessChange, AccessEvents, LocalAccessEvents, SharedAccessEvents
+from server.access_events import (
+    PG_CHANNEL,
+    AccessChange,
+    LocalAccessEvents,
+    SharedAccessEvents,
+)
 from server.api import create_api
 from server.api.auth import log_sign_in_status
 from server.audit import AuditLog
 from server.blobs import FileBlobStore
 from server.catalog import Catalog
+from server.leases import compaction_lease, relay_commits
+from server.metrics import PROCESS_INFO
 from server.notification_hub import NotificationHub
 from server.persistence import migrate
+from server.persistence.listen import listen
 from server.persistence.memory import MemoryStore
 from server.persistence.sql import SqlStore, create_engine
 from server.persistence.store import Store, UpdateRecord
@@ -110,6 +119,7 @@ async def _running(
     if settings.sidecar and not settings.in_memory:
         sidecar = Sidecar(engine, settings, access=access)
         sidecar.listeners.append(hub.nudge)
+    relay: Callable[[], None] | None = None  # commits told to the sidecar of another process
 
     def committed(row: UpdateRecord) -> None:
         if catalog is not None:
@@ -117,13 +127,15 @@ async def _running(
         audit.edited(row)
         if sidecar is not None:
             sidecar.changed()
+            if relay is not None:
+                relay()
 
     writer.on_commit = committed
     enforcer = Enforcer(
         registry, access, max_connections_per_user=settings.max_connections_per_user
     )
     broker: RedisBroker | None = None
-    access_events: AccessEvents
+    access_events: LocalAccessEvents
     if settings.redis_url:
         broker = RedisBroker(
             settings.redis_url,
@@ -132,6 +144,8 @@ async def _running(
             stream_length=settings.redis_stream_length,
         )
         access_events = SharedAccessEvents(broker)
+        if sidecar is not None and settings.is_sqlite:
+            relay = relay_commits(broker, lambda: sidecar.leading, sidecar.changed)
 
         async def recheck() -> None:
             # Revocations and rule changes told while Redis was unreachable were missed.
@@ -143,6 +157,17 @@ async def _running(
         access_events = LocalAccessEvents()
     access_events.subscribe(enforcer.apply)
     await enforcer.load_revoked(engine)
+    # `tandem user ...` changes users in the database directly; on PostgreSQL it NOTIFYs.
+    access_listener = None
+    if engine.dialect.name == "postgresql":
+        pending: set[asyncio.Task[None]] = set()
+
+        def heard() -> None:
+            task = asyncio.get_running_loop().create_task(access_events.deliver(AccessChange()))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        access_listener = await listen(engine, PG_CHANNEL, heard)
     if broker is not None:
         try:
             await broker.start()
@@ -154,6 +179,8 @@ async def _running(
                 "TANDEM_REDIS_URL is set, so documents are shared through it"
             ) from exc
         registry.broker = broker
+        PROCESS_INFO.labels(process=broker.process_id, pid=str(os.getpid())).set(1)
+        writer.lease = compaction_lease(broker)
     auth.is_revoked = enforcer.is_revoked
     if auth.idp is not None:
         auth.on_external_user = Provisioner(engine, settings.jwt_user_claim)
@@ -188,6 +215,9 @@ async def _running(
         }
     finally:
         auth.close()
+        if access_listener is not None:
+            with contextlib.suppress(Exception):
+                await access_listener.close()
         await hub.close()
         if sidecar is not None:
             await sidecar.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         help="event loop: auto is uvloop when installed (TANDEM_LOOP, default auto)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="server processes sharing the port, about one per core; more than 1 needs "
+        "TANDEM_REDIS_URL (TANDEM_WORKERS, default 1)",
     )
     serve.add_argument(
         "--demo",
@@ -144,6 +152,7 @@ def _settings(args: argparse.Namespace) -> object:
             "ssl_keyfile",
             "loop",
             "sidecar",
+            "workers",
         )
         if (value := getattr(args, key, None)) is not None
     }
@@ -168,6 +177,10 @@ def _serve(args: argparse.Namespace) -> int:
     except IdentityProviderConfigError as exc:
         print(f"tandem serve: {exc}", file=sys.stderr)
         return 2
+    from server import workers
+
+    if settings.workers > 1:
+        return workers.supervise(settings)
 
     import uvicorn
 
@@ -175,8 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.rooms.upgrade import UpgradingHttpProtocol
     from server.rooms.wire import WireProtocol
+    from server.workers import FDS_VARIABLE
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, pid=FDS_VARIABLE in os.environ)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -199,7 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
     logs.install_redaction()
     _settle_heap()
     descriptors.raise_limit()
-    run_on_deep_stack(server)
+    run_on_deep_stack(server, workers.attach(server))
     # uvicorn returns normally when startup fails (the lifespan raised); say so in the code.
     return 0 if server.started else 1
 
@@ -275,7 +289,7 @@ def _settle_heap() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def run_on_deep_stack(server: Any) -> None:
+def run_on_deep_stack(server: Any, sockets: list[Any] | None = None) -> None:
     """Run the uvicorn server on a big-stack thread; this (main) thread handles signals.
 
     pycrdt decodes nested values recursively in Rust: an update nesting plain values a few
@@ -283,12 +297,13 @@ def run_on_deep_stack(server: Any) -> None:
     process with a segfault, which no exception handler can catch. The event loop, where
     rooms apply untrusted updates, therefore runs on a thread with a stack large enough for
     any frame under the message size limit (reserved address space, not memory).
+    `sockets`: listening sockets already bound (a worker's, from server/workers.py).
     """
     import signal
 
     from shared.documents import start_deep_thread
 
-    thread = start_deep_thread(server.run, "tandem-loop")
+    thread = start_deep_thread(lambda: server.run(sockets=sockets), "tandem-loop")
 
     def stop(signum: int, _frame: Any) -> None:
         if server.should_exit and signum == signal.SIGINT:
@@ -417,6 +432,13 @@ def _doc_id(text: str) -> str:
     if not DOC_ID.fullmatch(text):
         raise argparse.ArgumentTypeError(f"invalid document id {text!r}: {DOC_ID_RULE}")
     return text
+
+
+def _workers(text: str) -> int:
+    """`--workers`: a whole number of processes, 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return int(text)
 
 
 def _ttl(text: str) -> float:

@@ -43,10 +43,13 @@ class OneLinePerConnection(logging.Filter):
         return not (record.msg in self.QUIET or record.msg == '%s - "WebSocket %s" [accepted]')
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = "info", *, pid: bool = False) -> None:
+    """`pid`: each line names its process (several workers write to one log)."""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s "
+        + ("[%(process)d] " if pid else "")
+        + "%(levelname)s %(name)s: %(message)s",
     )
     install_redaction()
 

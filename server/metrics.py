@@ -78,7 +78,19 @@ PERSIST_PENDING_BYTES = Gauge(
     "tandem_persist_pending_bytes", "Bytes of the updates waiting to be committed"
 )
 COMPACTIONS = Counter("tandem_compactions", "Snapshots written by compaction")
+COMPACTIONS_SKIPPED = Counter(
+    "tandem_compactions_skipped", "Compactions left to another process that held the lease"
+)
+# 1 in the process that runs the sidecar (server/leases.py), 0 in those standing by.
+SIDECAR_LEADER = Gauge("tandem_sidecar_leader", "Whether this process runs the sidecar")
 # Scale-out through Redis (server/rooms/broker.py).
 BROKER_PUBLISHED = Counter("tandem_broker_published", "Room changes appended to Redis")
 BROKER_RECEIVED = Counter("tandem_broker_received", "Changes of other processes received")
 BROKER_OUTAGES = Counter("tandem_broker_outages", "Times Redis became unreachable")
+# Which process answered a scrape: each serves its own /metrics (`tandem serve --workers N`,
+# or several servers sharing documents through Redis).
+PROCESS_INFO = Gauge(
+    "tandem_process_info",
+    "This process: its id among those sharing documents through Redis, and its OS pid",
+    ["process", "pid"],
+)

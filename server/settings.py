@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     ssl_keyfile: str | None = None
     # The event loop: uvloop when it is installed (auto), or asyncio's own.
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # Server processes answering on the one port (server/workers.py); more than one needs
+    # redis_url, through which they share documents.
+    workers: int = Field(default=1, ge=1)
 
     # The largest WebSocket message accepted; larger ones close the connection with 1009.
     # Keep it above the largest legitimate sync step 2 (a whole document).

@@ -106,15 +106,36 @@ async def _run(args: argparse.Namespace) -> int:
         _check_add_arguments(args)
     engine = await _open(args.database_url)
     try:
-        if args.user_command == "add":
-            return await _add(engine, args)
         if args.user_command == "list":
             return await _list(engine)
-        if args.user_command == "disable":
-            return await _disable(engine, args.id)
-        return await _passwd(engine, args)
+        if args.user_command == "add":
+            code = await _add(engine, args)
+        elif args.user_command == "disable":
+            code = await _disable(engine, args.id)
+        else:
+            code = await _passwd(engine, args)
+        await _tell_servers(engine)
+        return code
     finally:
         await engine.dispose()
+
+
+async def _tell_servers(engine: AsyncEngine) -> None:
+    """Running servers re-read users and re-check open connections at once (a disabled
+    user's connections close within a second)."""
+    from server.access_events import AccessChange, announce
+    from server.settings import Settings
+
+    settings = Settings()
+    told = await announce(
+        AccessChange(), redis_url=settings.redis_url, prefix=settings.redis_prefix, engine=engine
+    )
+    if not told:
+        print(
+            "note: a running server on SQLite without TANDEM_REDIS_URL applies this at its next "
+            "access change or restart; the REST API (/api/users) applies it at once",
+            file=sys.stderr,
+        )
 
 
 async def _open(database_url: str | None) -> AsyncEngine:

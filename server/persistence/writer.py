@@ -28,6 +28,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from pycrdt import merge_updates
@@ -122,6 +123,10 @@ class Writer:
         # Called with every committed row (the catalog's and the activity log's hook): it
         # runs once per row, so it must stay cheap.
         self.on_commit: Callable[[UpdateRecord], None] | None = None
+        # With several processes on one database: held around each compaction, by name
+        # (`compact:{doc_id}`), it says whether this process may compact now, so that two
+        # never compact one document at once (server/leases.py `compaction_lease`).
+        self.lease: Callable[[str], AbstractAsyncContextManager[bool]] | None = None
         # Read when /metrics is scraped, rather than set on every commit.
         metrics.PERSIST_PENDING.set_function(self.uncommitted)
         metrics.PERSIST_PENDING_BYTES.set_function(self.pending_bytes)
@@ -423,7 +428,19 @@ class Writer:
 
     async def _compact(self, doc_id: str) -> None:
         try:
-            result = await compact(self.store, doc_id)
+            if self.lease is None:
+                result = await compact(self.store, doc_id)
+            else:
+                async with self.lease(f"compact:{doc_id}") as may:
+                    result = await compact(self.store, doc_id) if may else None
+                if not may:
+                    # Another process is compacting what is stored, this process's rows
+                    # included: count afresh from here.
+                    metrics.COMPACTIONS_SKIPPED.inc()
+                    log.info("compaction of %s left to the process holding its lease", doc_id)
+                    backlog = self._backlog.get(doc_id)
+                    if backlog is not None:
+                        backlog[0] = backlog[1] = 0
             backlog = self._backlog.get(doc_id)
             if result is not None and backlog is not None:
                 backlog[0] = max(0, backlog[0] - result.merged_rows)

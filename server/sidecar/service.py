@@ -1,6 +1,11 @@
 """The sidecar as a whole: the feed processor, the reminders, webhooks and e-mail, each a
 task of its own, over one database. `tandem sidecar` runs it alone; `tandem serve` runs it
-in the server's process unless `--no-sidecar` (TANDEM_SIDECAR=0)."""
+in the server's process unless `--no-sidecar` (TANDEM_SIDECAR=0).
+
+However many of them share a database, one runs at a time: `start` joins the election
+(server/leases.py) and the work starts once this process holds the sidecar's lock; the
+others stand by. A sidecar that stood down and is elected again starts afresh from the
+database (the checkpoint moved on meanwhile), as a new process would."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.access import AccessControl
+from server.leases import Election, sidecar_lock
 from server.settings import Settings
 from server.sidecar.clock import Clock, SystemClock
 from server.sidecar.feed import ChangeFeed, SqlFeed
@@ -46,6 +52,13 @@ class Sidecar:
         open_workspace = settings.secret is None and settings.jwks_url is None
         self.shared_access = access is not None
         self.access = access or AccessControl(engine, enabled=not open_workspace)
+        self.listeners: list[Callable[[list[int]], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.election = Election(sidecar_lock(engine), self._begin, self._halt)
+        self._build()
+
+    def _build(self) -> None:
+        engine, settings = self.engine, self.settings
         self.processor = Processor(engine, self.feed, settings, self.access, self.clock)
         if self.shared_access:
             # In the server's process: its commits and uploads wake the feed (`changed`),
@@ -54,11 +67,10 @@ class Sidecar:
         self.reminders = Reminders(engine, settings, self.access, self.clock)
         self.webhooks = WebhookSender(engine, settings, self.clock)
         self.email = _email_sender(engine, settings, self.clock)
-        self.listeners: list[Callable[[list[int]], None]] = []
         self.processor.on_notified = self._notified
         self.reminders.on_notified = self._notified
         self.processor.on_tasks_changed = self.reminders.nudge
-        self._tasks: list[asyncio.Task[None]] = []
+        self._ran = False
 
     def _notified(self, ids: list[int]) -> None:
         self.webhooks.nudge()
@@ -71,7 +83,19 @@ class Sidecar:
         """New updates were committed in this process: read the feed now."""
         self.feed.nudge()
 
+    @property
+    def leading(self) -> bool:
+        """Whether the sidecar runs in this process (not standing by)."""
+        return self.election.leading
+
     def start(self) -> None:
+        """Join the election: the sidecar runs while this process holds its lock."""
+        self.election.begin()
+
+    def _begin(self) -> None:
+        if self._ran:
+            self._build()
+        self._ran = True
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.processor.run(), name="sidecar-feed"),
@@ -90,6 +114,9 @@ class Sidecar:
             self.access.changed()
 
     async def stop(self) -> None:
+        await self.election.close()
+
+    async def _halt(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -102,9 +129,8 @@ class Sidecar:
             await close()
 
     async def serve_forever(self) -> None:
-        self.start()
         try:
-            await asyncio.gather(*self._tasks)
+            await self.election.begin()
         finally:
             await self.stop()
 
